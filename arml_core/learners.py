@@ -128,9 +128,11 @@ class _NeighbourIndex:
                         d[torch.arange(len(part), device=d.device), self.rank_in_class[anchors]] = float("inf")
                     width = min(L + 1, d.shape[1])
                     v, j = torch.topk(d, width, dim=1, largest=False, sorted=True)
-                    out_i[part] = cols[j[:, :L]]
                     if width > L:
+                        out_i[part] = cols[j[:, :L]]
                         out_t[part] = v[:, L].sqrt()
+                    else:  # a small class: all of it, repeated to the common width
+                        out_i[part] = cols[j[:, torch.arange(L, device=j.device) % width]]
         return pos_i, pos_t, neg_i, neg_t
 
     def _rebuild(self, G: torch.Tensor) -> None:
