@@ -1,0 +1,218 @@
+"""Command line: ``python -m arml_core {table,train,download,list}``.
+
+Progress goes to stderr, results to stdout (and to files with ``--out``).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import data
+from .evaluate import evaluate, fit_metric, parse_grid
+from .io import load_metric, save_metric
+from .learners import LEARNERS
+
+
+class _Progress:
+    """A single self-overwriting status line on stderr (plain lines when not a TTY)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self._last = 0.0
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        if self.quiet:
+            return
+        now = time.perf_counter()
+        if fraction < 1.0 and now - self._last < (0.2 if self.tty else 5.0):
+            return
+        self._last = now
+        line = f"[{stage}] {100 * fraction:5.1f}%  {message}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line + ("\n" if fraction >= 1.0 else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
+
+
+def _parse_params(items: list[str]) -> dict[str, dict]:
+    """``arml.n_epochs=200`` -> {'arml': {'n_epochs': 200}}."""
+    out: dict[str, dict] = {}
+    for item in items or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise SystemExit(f"--param expects METHOD.NAME=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        method, name = key.split(".", 1)
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        out.setdefault(method.lower(), {})[name] = parsed
+    return out
+
+
+def _load(args) -> data.Dataset:
+    return data.load_dataset(args.dataset, data_dir=args.data_dir, n_train=args.n_train,
+                             n_test=args.n_test, seed=args.seed)
+
+
+def _methods(text: str, n_features: int) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Method names; an entry ending in .npz is a saved metric, named after its file."""
+    names, metrics = [], {}
+    for token in [t.strip() for t in text.split(",") if t.strip()]:
+        if token.endswith(".npz"):
+            G, meta = load_metric(token, n_features=n_features)
+            label = f"{meta.get('method', 'metric')}:{Path(token).stem}"
+            names.append(label)
+            metrics[label] = G
+        elif token.lower() in LEARNERS:
+            names.append(token.lower())
+        else:
+            raise ValueError(f"unknown method {token!r}; choose from {', '.join(LEARNERS)} or a .npz file")
+    if not names:
+        raise ValueError("no method given")
+    return names, metrics
+
+
+def cmd_table(args) -> int:
+    prog = _Progress(args.quiet)
+    ds = _load(args)
+    data.validate_for_k(ds, args.k)
+    prog.say(f"{ds.name}: {ds.description}")
+    names, metrics = _methods(args.methods, ds.n_features)
+    grid = parse_grid(args.grid)
+    params = _parse_params(args.param)
+    start = time.perf_counter()
+    ev = evaluate(ds, names, args.k, grid, metrics=metrics, params=params, device=args.device,
+                  box=(0.0, 1.0) if args.box else None, progress=prog)
+    kind = "exact" if args.k == 1 else "certified"
+    table = ev.paper_table()
+    clean = {m: 100 * r.clean_error for m, r in ev.results.items()}
+    print(f"{kind.capitalize()} robust error (%) of {args.k}-NN on {ds.name} "
+          f"({len(ds.X_test)} test points), by l2 radius:")
+    shown = table.copy()
+    shown.insert(0, "clean", [round(clean[m], 1) for m in shown.index])
+    print(shown.to_string())
+    print(f"total time {time.perf_counter() - start:.1f} s")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tidy = ev.tidy()
+        tidy.to_csv(out.with_suffix(".csv"), index=False)
+        summary = {"dataset": ds.name, "description": ds.description, "K": args.k, "kind": kind,
+                   "grid": list(map(float, grid)),
+                   "methods": {m: {"clean_error": r.clean_error, "fit_time_s": r.fit_time,
+                                   "eval_time_s": r.eval_time,
+                                   "robust_error": dict(zip(map(float, grid),
+                                                            tidy[tidy.method == m].robust_error))}
+                               for m, r in ev.results.items()}}
+        out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+        prog.say(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.json')}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    prog = _Progress(args.quiet)
+    ds = _load(args)
+    params = _parse_params(args.param).get(args.method.lower(), {})
+    G, seconds, info = fit_metric(ds, args.method, params=params, device=args.device, progress=prog)
+    path = save_metric(args.out, G, dataset=ds.name, method=args.method.lower(), params=params,
+                       seed=args.seed, fit_time=seconds,
+                       extra={"description": ds.description, "info": {k: v for k, v in info.items() if k != "loss_curve"}})
+    print(f"saved {path} ({G.shape[0]}x{G.shape[1]}, {seconds:.1f} s)")
+    return 0
+
+
+def cmd_download(args) -> int:
+    names = data.FILE_DATASETS if args.dataset == "all" else [args.dataset]
+    for name in names:
+        def progress(done, total, filename):
+            if not args.quiet:
+                size = f"/{total / 1e6:.1f} MB" if total else ""
+                sys.stderr.write(f"\r\033[K{filename}: {done / 1e6:.1f}{size}")
+        paths = data.download(name, args.data_dir, mirror=args.mirror, overwrite=args.overwrite,
+                              progress=progress)
+        if not args.quiet:
+            sys.stderr.write("\n")
+        for p in paths:
+            print(p)
+    return 0
+
+
+def cmd_list(args) -> int:
+    for name, ok in data.list_datasets(args.data_dir).items():
+        print(f"{name:15s} {'available' if ok else 'missing (python -m arml_core download ' + name + ')'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m arml_core", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def data_args(q, *, n_test_default=None):
+        q.add_argument("--dataset", required=True, help="a built-in or file data set name")
+        q.add_argument("--data-dir", default=None, help="folder of the data sets (default: $ARML_DATA_DIR or data/)")
+        q.add_argument("--n-train", type=int, default=None, help="subsample the training set")
+        q.add_argument("--n-test", type=int, default=n_test_default, help="first N shuffled test points")
+        q.add_argument("--seed", type=int, default=42)
+        q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        q.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                       help="learner parameter, e.g. arml.n_epochs=200 (repeatable)")
+        q.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    t = sub.add_parser("table", help="robust error table (exact for K=1, certified for K>1)")
+    data_args(t, n_test_default=1000)
+    t.add_argument("--methods", default="euclidean,arml",
+                   help=f"comma-separated: {','.join(LEARNERS)} or saved .npz metrics")
+    t.add_argument("--k", type=int, default=1, help="K of K-NN (odd)")
+    t.add_argument("--grid", default="0,0.1,0.2,0.3,0.4,0.5", help="l2 radii, comma-separated")
+    t.add_argument("--box", action="store_true", help="exact 1-NN radii inside [0,1]^D")
+    t.add_argument("--out", default=None, help="write OUT.csv (tidy) and OUT.json")
+    t.set_defaults(func=cmd_table)
+
+    tr = sub.add_parser("train", help="learn a metric and save it (.npz + .json)")
+    data_args(tr)
+    tr.add_argument("--method", required=True, choices=list(LEARNERS))
+    tr.add_argument("--out", required=True, help="output .npz path")
+    tr.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("download", help="fetch a data set from its publisher (checksummed)")
+    d.add_argument("dataset", choices=list(data.FILE_DATASETS) + ["all"])
+    d.add_argument("--data-dir", default=None)
+    d.add_argument("--mirror", default=None, help="base URL laid out as <mirror>/<name>/<file>")
+    d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_download)
+
+    ls = sub.add_parser("list", help="which data sets are available")
+    ls.add_argument("--data-dir", default=None)
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

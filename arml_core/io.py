@@ -1,0 +1,91 @@
+"""Saving and loading learned metrics: ``<name>.npz`` (components) + ``<name>.json`` (metadata)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+def versions() -> dict:
+    import sklearn
+    import torch
+
+    from . import __version__
+
+    return {"arml_core": __version__, "numpy": np.__version__, "torch": torch.__version__,
+            "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def metric_to_bytes(components, metadata: dict) -> bytes:
+    """An ``.npz`` holding the components and the metadata (as JSON text)."""
+    buf = io.BytesIO()
+    meta = {"format_version": FORMAT_VERSION, **metadata}
+    np.savez(buf, components=np.asarray(components, dtype=np.float64),
+             metadata=np.array(json.dumps(meta, default=str)))
+    return buf.getvalue()
+
+
+def save_metric(path, components, *, dataset: str, method: str, params: dict | None = None,
+                seed: int | None = None, fit_time: float | None = None, extra: dict | None = None) -> Path:
+    """Write ``path`` (.npz) and a readable ``.json`` beside it; returns the .npz path."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_suffix(".npz")
+    G = np.asarray(components, dtype=np.float64)
+    meta = {"dataset": dataset, "method": method, "params": params or {}, "seed": seed,
+            "n_features": int(G.shape[1]), "n_components": int(G.shape[0]),
+            "fit_time_s": fit_time, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": versions(), **(extra or {})}
+    _atomic_write(path, metric_to_bytes(G, meta))
+    _atomic_write(path.with_suffix(".json"), json.dumps(
+        {"format_version": FORMAT_VERSION, **meta}, indent=2, default=str).encode())
+    return path
+
+
+def load_metric(source, *, n_features: int | None = None) -> tuple[np.ndarray, dict]:
+    """Read a metric written by ``save_metric`` (a path or a binary file object).
+
+    Raises ValueError with a readable message for anything that is not such a file or
+    whose feature count differs from ``n_features``.
+    """
+    name = getattr(source, "name", str(source))
+    try:
+        with np.load(source, allow_pickle=False) as z:
+            if "components" not in z.files:
+                raise ValueError(f"{name} holds no 'components' array: not a metric saved by ARML Explorer")
+            G = np.asarray(z["components"], dtype=np.float64)
+            meta = json.loads(str(z["metadata"])) if "metadata" in z.files else {}
+    except ValueError:
+        raise
+    except (OSError, EOFError, KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{name} is not a readable metric file (.npz): {exc}") from None
+    if G.ndim != 2 or G.size == 0:
+        raise ValueError(f"{name}: the components must be a non-empty 2-D array, got shape {G.shape}")
+    if not np.all(np.isfinite(G)):
+        raise ValueError(f"{name}: the components contain NaN or infinite values")
+    if n_features is not None and G.shape[1] != n_features:
+        raise ValueError(
+            f"{name} is a metric for {G.shape[1]} features (data set "
+            f"{meta.get('dataset', 'unknown')!r}) but the data have {n_features}"
+        )
+    return G, meta
