@@ -240,13 +240,10 @@ def minimal_perturbations(
             if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {val!r}")
         dev = resolve_device(device)
-        # The CPU part is many small matrix-vector products: multi-threaded BLAS only adds
-        # contention (with torch's own thread pool), so it runs single-threaded.
-        with threadpool_limits(limits=1, user_api="blas"):
-            return _fast(
-                X_train, y_train, X_test, y_test, M, bounds, dev, float(tol), int(max_iter),
-                bool(strict), int(n_screen), int(n_screen_near), random_state, progress,
-            )
+        return _fast(
+            X_train, y_train, X_test, y_test, M, bounds, dev, float(tol), int(max_iter),
+            bool(strict), int(n_screen), int(n_screen_near), random_state, progress,
+        )
     resolve_device(device)  # validate the argument even though the reference is CPU-only
     return _reference_cvxpy(X_train, y_train, X_test, y_test, M, bounds, bool(strict), progress)
 
@@ -370,7 +367,7 @@ def _solve_point(i, x, y_loc, d2, L, cd: _ClassData, ctx):
                 if p < nP:
                     diff = CP[p] - cn
                     nr = float(np.linalg.norm(diff))
-                    bp = 0.5 * (float(((zx - cd.ZgP[p]) ** 2).sum()) - float(((zx - ctx["Zg"][n]) ** 2).sum()))
+                    bp = 0.5 * (float(((zx - ctx["Zg"][cd.pos[p]]) ** 2).sum()) - float(((zx - ctx["Zg"][n]) ** 2).sum()))
                     rows.append(diff / nr)
                     rhs.append(bp / nr)
                 elif p < nP + k:
@@ -430,22 +427,23 @@ def _fast(X_train, y_train, X_test, y_test, M, bounds, dev, tol, max_iter, stric
         return norms, deltas
     classes, y_enc = np.unique(y_train, return_inverse=True)
     G, w, V = _metric_factors(M)
-    Zg = X_train @ G.T  # d_M(a, b) = ||Zg_a - Zg_b||^2
-    Zx = X_test @ G.T
-    if bounds is None:  # eigen-coordinates eta (delta = V eta); rows (c_p - c_n) = M (p - n) in them
-        C = Zg * np.sqrt(w)[None, :]
-    else:  # full input coordinates (the box needs them)
-        C = X_train @ M
-    sqC = (C * C).sum(1)
-    Cs = Zg * np.sqrt(w)[None, :]  # same row distances as C, in r <= D columns (screening)
-    cscale = float(np.sqrt(sqC.max())) if len(sqC) else 1.0
-    cscale = max(cscale, 1e-300)
-
-    Zg_t = torch.as_tensor(Zg, device=dev)
+    # the large products run in torch (multi-threaded / on the device)
+    G_t = torch.as_tensor(G, device=dev)
+    Zg_t = torch.as_tensor(X_train, device=dev) @ G_t.T  # d_M(a, b) = ||Zg_a - Zg_b||^2
     sqZg_t = (Zg_t * Zg_t).sum(1)
-    Cs_t = torch.as_tensor(Cs, device=dev)
-    Zx_t = torch.as_tensor(Zx, device=dev)
+    Zx_t = torch.as_tensor(X_test, device=dev) @ G_t.T
+    # Cs = M (p - n) expressed in the eigenbasis V: same row norms as C, r <= D columns
+    Cs_t = Zg_t * torch.as_tensor(np.sqrt(w), device=dev)[None, :]
+    sqCs_t = (Cs_t * Cs_t).sum(1)
     y_t = torch.as_tensor(y_enc, device=dev)
+    Zg, Zx = Zg_t.cpu().numpy(), Zx_t.cpu().numpy()
+    if bounds is None:  # eigen-coordinates eta (delta = V eta): the QP rows are Cs
+        C = Cs_t.cpu().numpy()
+    else:  # full input coordinates (the box needs them): rows M (p - n)
+        C = (torch.as_tensor(X_train, device=dev) @ torch.as_tensor(M, device=dev)).cpu().numpy()
+    sqC = (C * C).sum(1)
+    cscale = max(float(np.sqrt(sqC.max())), 1e-300)
+    den_thr = _DEN_REL * cscale
 
     # encode test labels; labels absent from training are misclassified by construction
     pos_of = {c: k for k, c in enumerate(classes.tolist())}
@@ -469,35 +467,39 @@ def _fast(X_train, y_train, X_test, y_test, M, bounds, dev, tol, max_iter, stric
     )
     basis = V if bounds is None else None
     failed = []
-    for c in np.unique(yt_enc[correct]):
-        idx = np.flatnonzero(correct & (yt_enc == c))
-        rng = np.random.default_rng([int(random_state) & 0xFFFFFFFF, int(c)])
-        cd = _ClassData(c, y_enc, C, Zg, Cs_t, dev, n_screen, rng)
-        den_thr = _DEN_REL * cscale
-        bsz = max(1, _SCREEN_ELEMENTS // max(1, len(cd.neg) * (n_near + 2)))
-        for s in range(0, len(idx), bsz):
-            bidx = idx[s : s + bsz]
-            D2b = pairwise_sq_dists(Zx_t[bidx], Zg_t, sqZg_t)
-            Lb = _screen(D2b, cd, n_near, den_thr).cpu().numpy()
-            D2b = D2b.cpu().numpy()
-            for t, i in enumerate(bidx):
-                try:
-                    val, eta = _solve_point(int(i), X_test[i], c, D2b[t], Lb[t], cd, ctx)
-                except ConvergenceError:
-                    if strict:
-                        raise
-                    failed.append(int(i))
-                    norms[i] = np.nan
-                    deltas[i] = np.nan
-                else:
-                    norms[i] = val
-                    if eta is None:
+    # The CPU part is many small matrix-vector products (numpy): multi-threaded BLAS only
+    # adds contention there (torch keeps its own thread pool), so it runs single-threaded.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for c in np.unique(yt_enc[correct]):
+            idx = np.flatnonzero(correct & (yt_enc == c))
+            rng = np.random.default_rng([int(random_state) & 0xFFFFFFFF, int(c)])
+            cd = _ClassData(c, y_enc, C, Cs_t, sqCs_t, dev, n_screen, rng, den_thr)
+            # screening batch: B x N distances, and up to B * n_near rows of B x N denominators
+            bsz = max(1, (_SCREEN_ELEMENTS // 2) // (len(X_train) * max(1, n_near)))
+            for s in range(0, len(idx), bsz):
+                bidx = idx[s : s + bsz]
+                D2b_t = pairwise_sq_dists(Zx_t[bidx], Zg_t, sqZg_t)
+                Lb = _screen(D2b_t, cd, n_near, Cs_t, sqCs_t, den_thr).cpu().numpy()[:, cd.neg]
+                D2b = D2b_t.cpu().numpy()
+                del D2b_t
+                for t, i in enumerate(bidx):
+                    try:
+                        val, eta = _solve_point(int(i), X_test[i], c, D2b[t], Lb[t], cd, ctx)
+                    except ConvergenceError:
+                        if strict:
+                            raise
+                        failed.append(int(i))
+                        norms[i] = np.nan
                         deltas[i] = np.nan
                     else:
-                        deltas[i] = basis @ eta if basis is not None else eta
-                done += 1
-                if progress is not None:
-                    progress(done, n_test)
+                        norms[i] = val
+                        if eta is None:
+                            deltas[i] = np.nan
+                        else:
+                            deltas[i] = basis @ eta if basis is not None else eta
+                    done += 1
+                    if progress is not None:
+                        progress(done, n_test)
     if failed:
         warnings.warn(
             f"minimal_perturbations: {len(failed)} test point(s) did not converge within "
