@@ -67,7 +67,8 @@ from .metric import check_metric, components_from_metric
 __all__ = ["ConvergenceError", "minimal_perturbations", "verify_perturbations", "SOLVERS"]
 
 SOLVERS = ("fast", "cvxpy")
-_SCREEN_ELEMENTS = 2**22  # (test points x negatives) entries held at once while screening
+_SCREEN_ELEMENTS = 2**22  # (test points x training points) entries held at once
+_FOLD_ELEMENTS = 2**18  # entries per elementwise screening step (small ones stay in cache)
 _DEN_REL = 1e-4  # screening terms whose ||M (p - n)|| is below this (relative) are dropped
 _ROW_REL = 1e-4  # QP row norms below this (relative, via expansion) are recomputed directly
 _INFEASIBLE_RES = 1e-10  # LDP residual norm below this means the working set is infeasible
@@ -278,13 +279,16 @@ def _screen(D2b, cd: _ClassData, n_near, Cs_t, sqCs_t, den_thr):
     negative, from a subset of the rows (columns of same-class points are meaningless)."""
     B, N = D2b.shape
     L = torch.zeros_like(D2b)
-    blk = max(1, _SCREEN_ELEMENTS // max(1, B * N))
+    blk = max(1, _FOLD_ELEMENTS // max(1, B * N))
 
     def fold(L, d_rows, inv_den):  # d_rows: (B, s) distances to the rows' points
         for a in range(0, d_rows.shape[1], blk):
-            T = (D2b[:, None, :] - d_rows[:, a : a + blk, None]).clamp_min_(0.0)
-            T.mul_(inv_den(a, a + blk))
-            L = torch.maximum(L, T.amax(1))
+            if blk == 1:
+                T = (D2b - d_rows[:, a : a + 1]).clamp_min_(0.0).mul_(inv_den(a, a + 1)[:, 0])
+            else:
+                T = (D2b[:, None, :] - d_rows[:, a : a + blk, None]).clamp_min_(0.0)
+                T = T.mul_(inv_den(a, a + blk)).amax(1)
+            L = torch.maximum(L, T, out=L)
         return L
 
     if len(cd.rand_t):
@@ -475,7 +479,7 @@ def _fast(X_train, y_train, X_test, y_test, M, bounds, dev, tol, max_iter, stric
             rng = np.random.default_rng([int(random_state) & 0xFFFFFFFF, int(c)])
             cd = _ClassData(c, y_enc, C, Cs_t, sqCs_t, dev, n_screen, rng, den_thr)
             # screening batch: B x N distances, and up to B * n_near rows of B x N denominators
-            bsz = max(1, (_SCREEN_ELEMENTS // 2) // (len(X_train) * max(1, n_near)))
+            bsz = max(1, _FOLD_ELEMENTS // len(X_train))
             for s in range(0, len(idx), bsz):
                 bidx = idx[s : s + bsz]
                 D2b_t = pairwise_sq_dists(Zx_t[bidx], Zg_t, sqZg_t)

@@ -7,6 +7,7 @@ import os
 import platform
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -71,14 +72,13 @@ def load_metric(source, *, n_features: int | None = None) -> tuple[np.ndarray, d
     name = getattr(source, "name", str(source))
     try:
         with np.load(source, allow_pickle=False) as z:
-            if "components" not in z.files:
-                raise ValueError(f"{name} holds no 'components' array: not a metric saved by ARML Explorer")
-            G = np.asarray(z["components"], dtype=np.float64)
-            meta = json.loads(str(z["metadata"])) if "metadata" in z.files else {}
-    except ValueError:
-        raise
-    except (OSError, EOFError, KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{name} is not a readable metric file (.npz): {exc}") from None
+            files = set(z.files)
+            G = np.asarray(z["components"], dtype=np.float64) if "components" in files else None
+            meta = json.loads(str(z["metadata"])) if "metadata" in files else {}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise ValueError(f"{name} is not a readable metric file (.npz): {str(exc)[:120]}") from None
+    if G is None:
+        raise ValueError(f"{name} holds no 'components' array: not a metric saved by ARML Explorer")
     if G.ndim != 2 or G.size == 0:
         raise ValueError(f"{name}: the components must be a non-empty 2-D array, got shape {G.shape}")
     if not np.all(np.isfinite(G)):
