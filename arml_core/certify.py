@@ -236,7 +236,7 @@ class _ClassContext:
             LB[:, sl] = eps.min(1).values if s == k else torch.topk(eps, k, dim=1).values[:, -1]
         out = torch.empty(T, dtype=a.dtype, device=a.device)
         todo = torch.arange(T, device=a.device)
-        m = min(n_n, max(4 * k, 32))
+        m = min(n_n, max(8 * k, 64))
         while len(todo):
             lb, cand = torch.topk(LB[todo], min(n_n, m + 1), dim=1, largest=False, sorted=True)
             cand = cand[:, :m]  # the negatives with the smallest lower bounds

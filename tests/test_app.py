@@ -1,62 +1,124 @@
-"""The home page, driven headlessly with Streamlit's AppTest."""
+"""The multipage app, driven headlessly with Streamlit's AppTest."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+PAGES = ["pages/train.py", "pages/boundaries.py", "pages/curves.py", "pages/examples.py"]
 
 
 @pytest.fixture
 def app(tmp_path, monkeypatch):
     monkeypatch.setenv("ARML_RUNS_DIR", str(tmp_path / "runs"))
-    at = AppTest.from_file(APP, default_timeout=120)
-    return at
+    monkeypatch.chdir(ROOT)
+    return AppTest.from_file(APP, default_timeout=180)
 
 
-def _chart(at, key):
-    for el in at.get("plotly_chart"):
-        spec = json.loads(el.proto.spec)
-        yield spec
+def charts(at):
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 
 
-def test_home_renders_and_trains_on_figure1(app, tmp_path):
+def trace_names(at):
+    return {t.get("name") for spec in charts(at) for t in spec["data"]}
+
+
+def fast_arml(at):
+    at.session_state["arml_params"]["n_epochs"] = 30
+
+
+def test_train_page_trains_and_draws(app, tmp_path):
     at = app.run()
     assert not at.exception
-    assert at.selectbox(key="dataset").value == "figure1"
-    at.number_input(key="arml_epochs").set_value(50)
-    at.button(key="train").click().run()
+    assert at.selectbox(key="w_dataset").value == "figure1"
+    fast_arml(at)
+    at.button(key="t_train").click().run()
     assert not at.exception and not at.error
-    specs = list(_chart(at, "curve"))
-    names = {t["name"] for t in specs[0]["data"]}
-    assert names == {"Euclidean (exact)", "ARML (exact)"}
-    # the metric was saved under runs/ so a reload loses nothing
-    assert len(list((tmp_path / "runs").glob("figure1__arml__*.npz"))) == 1
-    # a third method changes what is drawn
-    at.multiselect(key="methods").select("lfda")
-    at.button(key="train").click().run()
-    names = {t["name"] for t in list(_chart(at, "curve"))[0]["data"]}
-    assert "LFDA (exact)" in names and len(names) == 3
+    assert {"Euclidean (exact)", "ARML (exact)"} <= trace_names(at)
+    assert len(list((tmp_path / "runs").glob("*arml*.npz"))) == 1
+    # adding a method changes what is drawn
+    at.multiselect(key="w_methods").select("lfda").run()
+    at.button(key="t_train").click().run()
+    assert "LFDA (exact)" in trace_names(at)
 
 
-def test_even_k_is_an_error_message(app):
+@pytest.mark.parametrize("dataset", ["figure1", "digits"])
+def test_every_page_renders(app, dataset):
     at = app.run()
-    at.number_input(key="K").set_value(2).run()
+    at.selectbox(key="w_dataset").set_value(dataset).run()
+    at.number_input(key="w_n_test").set_value(30).run()
+    fast_arml(at)
+    at.button(key="t_train").click().run()
+    assert not at.exception, at.exception
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+        assert not at.error, (page, [e.value for e in at.error])
+        if page != "pages/examples.py":
+            assert charts(at), page
+
+
+def test_state_survives_page_switches(app):
+    at = app.run()
+    at.selectbox(key="w_dataset").set_value("moons").run()
+    at.number_input(key="w_K").set_value(3).run()
+    at.switch_page("pages/curves.py").run()
+    at.switch_page("pages/train.py").run()
+    assert at.selectbox(key="w_dataset").value == "moons"
+    assert at.number_input(key="w_K").value == 3
+    assert at.query_params["dataset"] == ["moons"] and at.query_params["K"] == ["3"]
+
+
+def test_url_query_parameters_set_the_selection(app):
+    app.query_params["dataset"] = "iris"
+    app.query_params["K"] = "3"
+    app.query_params["methods"] = "euclidean,lfda"
+    at = app.run()
+    assert at.selectbox(key="w_dataset").value == "iris"
+    assert at.number_input(key="w_K").value == 3
+    assert at.multiselect(key="w_methods").value == ["euclidean", "lfda"]
+
+
+def test_boundaries_slice_for_high_dimensional_data(app):
+    at = app.run()
+    at.selectbox(key="w_dataset").set_value("iris").run()
+    at.multiselect(key="w_methods").set_value(["euclidean"]).run()
+    at.button(key="t_train").click().run()
+    at.switch_page("pages/boundaries.py").run()
+    assert not at.exception and not at.error
+    names = trace_names(at)
+    assert "adversarial point" in names or any("misclassified" in w.value for w in at.warning)
+
+
+def test_examples_page_confirms_the_flip(app):
+    at = app.run()
+    at.selectbox(key="w_dataset").set_value("digits").run()
+    at.number_input(key="w_n_test").set_value(20).run()
+    at.multiselect(key="w_methods").set_value(["euclidean"]).run()
+    at.button(key="t_train").click().run()
+    at.switch_page("pages/examples.py").run()
+    at.radio(key="e_how").set_value("smallest positive radius").run()
     assert not at.exception
-    assert any("must be odd" in e.value for e in at.error)
+    assert any("flips" in s.value for s in at.success)
+    assert charts(at)  # the image triplet
 
 
-def test_k_larger_than_a_class(app):
+@pytest.mark.parametrize("K, match", [(2, "must be odd"), (11, "larger than class")])
+def test_bad_k_is_an_error_message(app, K, match):
     at = app.run()
-    at.number_input(key="K").set_value(11).run()
-    assert any("larger than class" in e.value for e in at.error)
+    at.number_input(key="w_K").set_value(K).run()
+    assert not at.exception
+    assert any(match in e.value for e in at.error)
 
 
 def test_empty_method_selection(app):
     at = app.run()
-    at.multiselect(key="methods").set_value([]).run()
+    at.multiselect(key="w_methods").set_value([]).run()
     assert not at.exception
     assert any("at least one method" in i.value for i in at.info)

@@ -1,0 +1,261 @@
+"""UI state shared by every page: the sidebar selection (mirrored in the URL), the
+loaded data set and the trained metrics (session state + runs/ on disk).
+
+UI glue only; all computation is in ``arml_core``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import numpy as np
+import streamlit as st
+
+from arml_core import data
+from arml_core._device import device_label
+from arml_core.evaluate import fit_metric, radii_for
+from arml_core.knn import MahalanobisKNN
+from arml_core.learners import LEARNERS
+from arml_core.plots import display_name
+from arml_core.runs import cached_metric, run_key, store_metric
+
+RUNS_DIR = os.environ.get("ARML_RUNS_DIR", "runs")
+MAX_UPLOAD_MB = 50
+DEFAULTS = {"dataset": "figure1", "n_train": 0, "n_test": 200, "seed": 42,
+            "methods": ["euclidean", "arml"], "K": 1}
+ARML_DEFAULTS = {"n_epochs": 300, "learning_rate": 1e-2, "n_candidates": 10, "loss": "neg"}
+UPLOAD_PREFIX = "upload:"
+
+
+# -- selection state ------------------------------------------------------------------------
+def _from_query(q) -> dict:
+    sel = dict(DEFAULTS)
+    try:
+        if "dataset" in q:
+            sel["dataset"] = q["dataset"]
+        for k in ("n_train", "n_test", "seed", "K"):
+            if k in q:
+                sel[k] = max(0, int(q[k]))
+        if "methods" in q:
+            sel["methods"] = [m for m in q["methods"].split(",") if m in LEARNERS]
+    except (ValueError, TypeError):
+        pass  # a hand-edited URL falls back to the defaults for what it got wrong
+    return sel
+
+
+def init_state() -> dict:
+    ss = st.session_state
+    if "sel" not in ss:
+        ss["sel"] = _from_query(st.query_params)
+        ss["arml_params"] = dict(ARML_DEFAULTS)
+        ss["metrics"] = {}
+        ss["upload"] = None
+    return ss["sel"]
+
+
+def _copy(widget_key: str, field: str):
+    def cb():
+        st.session_state["sel"][field] = st.session_state[widget_key]
+    return cb
+
+
+def sidebar() -> dict:
+    """Render the shared sidebar; returns the selection (also written to the URL)."""
+    sel = init_state()
+    ss = st.session_state
+    sb = st.sidebar
+    sb.title("ARML Explorer")
+    names = data.available_datasets()
+    if ss["upload"] is not None:
+        names = names + [UPLOAD_PREFIX + ss["upload"][0]]
+    if sel["dataset"] not in names:
+        if sel["dataset"] != DEFAULTS["dataset"]:
+            sb.warning(f"Data set {sel['dataset']!r} is not available here; showing {DEFAULTS['dataset']}.")
+        sel["dataset"] = DEFAULTS["dataset"]
+    ss["w_dataset"] = sel["dataset"]
+    sb.selectbox("Data set", names, key="w_dataset", on_change=_copy("w_dataset", "dataset"))
+    with sb.expander("Upload a CSV or LIBSVM file"):
+        up = st.file_uploader("Label in the last column (CSV) or LIBSVM format", type=None, key="w_upload")
+        if up is not None and (ss["upload"] is None or ss["upload"][0] != up.name):
+            if up.size > MAX_UPLOAD_MB * 2**20:
+                st.error(f"{up.name} is {up.size / 2**20:.0f} MB; the limit is {MAX_UPLOAD_MB} MB.")
+            else:
+                ss["upload"] = (up.name, up.getvalue())
+                sel["dataset"] = UPLOAD_PREFIX + up.name
+                st.rerun()
+    c1, c2 = sb.columns(2)
+    for col, label, field, step in ((c1, "Train points (0 = all)", "n_train", 100),
+                                    (c2, "Test points (0 = all)", "n_test", 100)):
+        ss[f"w_{field}"] = int(sel[field])
+        col.number_input(label, min_value=0, step=step, key=f"w_{field}", on_change=_copy(f"w_{field}", field))
+    ss["w_seed"] = int(sel["seed"])
+    sb.number_input("Seed", min_value=0, step=1, key="w_seed", on_change=_copy("w_seed", "seed"))
+    ss["w_methods"] = [m for m in sel["methods"] if m in LEARNERS]
+    sb.multiselect("Methods", list(LEARNERS), key="w_methods", format_func=display_name,
+                   on_change=_copy("w_methods", "methods"))
+    ss["w_K"] = int(sel["K"])
+    sb.number_input("K (odd)", min_value=1, step=2, key="w_K", on_change=_copy("w_K", "K"))
+    sb.caption(f"Device: **{device_label('auto')}**")
+    st.query_params.from_dict({"dataset": sel["dataset"], "n_train": sel["n_train"], "n_test": sel["n_test"],
+                               "seed": sel["seed"], "methods": ",".join(sel["methods"]), "K": sel["K"]})
+    return sel
+
+
+# -- data -------------------------------------------------------------------------------------
+@st.cache_data(show_spinner="Loading the data set…", max_entries=8)
+def _load_named(name: str, n_train, n_test, seed: int) -> data.Dataset:
+    return data.load_dataset(name, n_train=n_train, n_test=n_test, seed=seed)
+
+
+@st.cache_data(show_spinner="Reading the uploaded file…", max_entries=4)
+def _load_upload(filename: str, payload: bytes, n_train, n_test, seed: int) -> data.Dataset:
+    import io
+
+    buf = io.BytesIO(payload)
+    buf.name = filename
+    return data.load_file(buf, n_train=n_train, n_test=n_test, seed=seed, name=filename)
+
+
+def dataset_key(ds: data.Dataset, sel: dict) -> str:
+    extra = ""
+    if sel["dataset"].startswith(UPLOAD_PREFIX) and st.session_state.get("upload"):
+        extra = hashlib.sha256(st.session_state["upload"][1]).hexdigest()[:10]
+    return f"{ds.name}{extra}-tr{sel['n_train']}-te{sel['n_test']}-s{sel['seed']}"
+
+
+def current_dataset(sel: dict, *, check_k: bool = True) -> data.Dataset:
+    """The selected data set, or a clear error and a stop."""
+    try:
+        n_train, n_test, seed = sel["n_train"] or None, sel["n_test"] or None, int(sel["seed"])
+        if sel["dataset"].startswith(UPLOAD_PREFIX):
+            name, payload = st.session_state["upload"]
+            ds = _load_upload(name, payload, n_train, n_test, seed)
+        else:
+            ds = _load_named(sel["dataset"], n_train, n_test, seed)
+        if check_k:
+            data.validate_for_k(ds, int(sel["K"]))
+    except (ValueError, OSError) as exc:
+        st.error(str(exc))
+        st.stop()
+    return ds
+
+
+# -- metrics ----------------------------------------------------------------------------------
+def method_settings(method: str, sel: dict) -> dict:
+    base = {"n_train": int(sel["n_train"]), "seed": int(sel["seed"])}
+    if method == "arml":
+        base.update(st.session_state["arml_params"])
+    return base
+
+
+def get_metric(ds: data.Dataset, sel: dict, method: str):
+    """A trained metric record {G, fit_time, info, source} from memory or runs/, or None."""
+    settings = method_settings(method, sel)
+    key = (dataset_key(ds, sel), method, run_key(ds.name, method, settings))
+    rec = st.session_state["metrics"].get(key)
+    if rec is None and not sel["dataset"].startswith(UPLOAD_PREFIX):
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hit = cached_metric(RUNS_DIR, dataset_key(ds, sel), method, settings, ds.n_features)
+        for w in caught:
+            st.warning(str(w.message))
+        if hit is not None:
+            G, meta = hit
+            rec = {"G": G, "fit_time": float(meta.get("fit_time_s") or 0.0), "info": meta.get("info", {}),
+                   "source": "runs/"}
+            st.session_state["metrics"][key] = rec
+    return rec
+
+
+def put_metric(ds, sel, method, G, fit_time, info, source="trained") -> None:
+    settings = method_settings(method, sel)
+    key = (dataset_key(ds, sel), method, run_key(ds.name, method, settings))
+    st.session_state["metrics"][key] = {"G": G, "fit_time": fit_time, "info": info, "source": source}
+    if not sel["dataset"].startswith(UPLOAD_PREFIX):
+        try:
+            store_metric(RUNS_DIR, dataset_key(ds, sel), method, settings, G, fit_time,
+                         {k: v for k, v in info.items()})
+        except OSError as exc:
+            st.warning(f"could not save the metric to {RUNS_DIR}/: {exc}")
+
+
+def train(ds, sel, methods) -> None:
+    """Train the given methods with a progress bar each (ARML: per epoch)."""
+    for method in methods:
+        with st.status(f"Training {display_name(method)}…", expanded=True) as status:
+            bar = st.progress(0.0, text="starting")
+            try:
+                params = {}
+                if method == "arml":
+                    params = {**st.session_state["arml_params"], "random_state": int(sel["seed"])}
+
+                def progress(stage, frac, msg):
+                    bar.progress(min(1.0, frac), text=msg)
+
+                G, seconds, info = fit_metric(ds, method, params=params, progress=progress)
+                put_metric(ds, sel, method, G, seconds, info)
+                status.update(label=f"{display_name(method)}: trained in {seconds:.1f} s", state="complete",
+                              expanded=False)
+            except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
+                status.update(label=f"{display_name(method)} failed", state="error")
+                st.error(f"{display_name(method)}: {exc}")
+
+
+def trained(ds, sel, methods=None) -> dict:
+    methods = sel["methods"] if methods is None else methods
+    return {m: rec for m in methods if (rec := get_metric(ds, sel, m)) is not None}
+
+
+def require_trained(ds, sel) -> dict:
+    recs = trained(ds, sel)
+    if not sel["methods"]:
+        st.info("Select at least one method in the sidebar.")
+        st.stop()
+    if not recs:
+        st.info("No trained metric for this selection yet: train on the **Train & compare** page.")
+        if st.button("Train the selected methods now", key="train_here"):
+            train(ds, sel, sel["methods"])
+            st.rerun()
+        st.stop()
+    missing = [display_name(m) for m in sel["methods"] if m not in recs]
+    if missing:
+        st.caption(f"Not trained yet (see Train & compare): {', '.join(missing)}")
+    return recs
+
+
+# -- cached computations ------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=64)
+def radii_cached(_ds: data.Dataset, ds_key: str, method: str, G_bytes: bytes, G_shape, K: int):
+    G = np.frombuffer(G_bytes).reshape(G_shape)
+    return radii_for(_ds, G.T @ G, K)
+
+
+def radii(ds, sel, method, rec, K):
+    G = np.ascontiguousarray(rec["G"], dtype=np.float64)
+    return radii_cached(ds, dataset_key(ds, sel), method, G.tobytes(), G.shape, int(K))
+
+
+def knn_for(ds, rec, K) -> MahalanobisKNN:
+    G = np.asarray(rec["G"])
+    return MahalanobisKNN(G.T @ G, n_neighbors=int(K)).fit(ds.X_train, ds.y_train)
+
+
+def explain(title: str, latex: str, text: str) -> None:
+    with st.expander(f"What am I looking at? — {title}"):
+        st.latex(latex)
+        st.write(text)
+
+
+def timed(label: str):
+    class _T:
+        def __enter__(self):
+            self.t = time.perf_counter()
+            return self
+
+        def __exit__(self, *a):
+            st.caption(f"{label}: {time.perf_counter() - self.t:.2f} s")
+
+    return _T()

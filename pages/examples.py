@@ -1,0 +1,98 @@
+"""Page 4: one test point, its minimal adversarial perturbation, and its neighbours."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from arml_core.exact import minimal_perturbations
+from arml_core.explore import neighbours
+from arml_core.plots import display_name, feature_bar_figure, image_triplet_figure
+from pages._shared import sidebar, current_dataset, explain, knn_for, radii, require_trained
+
+sel = sidebar()
+st.title("Adversarial examples")
+explain("a single adversarial example",
+        r"\epsilon^*(x)=\min_\delta \lVert\delta\rVert_2 \;\;\text{s.t.}\;\; f(x+\delta)\neq y",
+        "Pick a test point: we show its certified radius (no perturbation smaller than it can change the "
+        "prediction) and a perturbation that does change it. For 1-NN the perturbation is the exact "
+        "minimal one, so the two numbers coincide. The neighbour tables show which training points vote "
+        "before and after.")
+ds = current_dataset(sel)
+recs = require_trained(ds, sel)
+K = int(sel["K"])
+names = [str(c) for c in ds.classes]
+
+method = st.selectbox("Metric", list(recs), format_func=display_name, key="e_method")
+rec = recs[method]
+G = rec["G"]
+M = G.T @ G
+r, kind = radii(ds, sel, method, rec, K)
+knn = knn_for(ds, rec, K)
+pred = knn.predict_encoded(ds.X_test)
+
+order = np.argsort(r, kind="stable")
+overview = pd.DataFrame({"test index": order, "true": [names[ds.y_test[i]] for i in order],
+                         "predicted": [names[pred[i]] for i in order], f"{kind} radius": r[order]})
+c1, c2 = st.columns([3, 2])
+c1.dataframe(overview, height=240, key="e_overview", hide_index=True)
+how = c2.radio("Choose the point", ["by index", "smallest positive radius", "largest radius"], key="e_how")
+if how == "by index":
+    idx = int(c2.number_input("Test point index", 0, len(ds.X_test) - 1, 0, key="e_idx"))
+elif how == "smallest positive radius":
+    pos = order[r[order] > 0]
+    idx = int(pos[0]) if len(pos) else int(order[0])
+else:
+    idx = int(order[-1])
+
+x, y = ds.X_test[idx], int(ds.y_test[idx])
+c = st.columns(4)
+c[0].metric("True label", names[y])
+c[1].metric(f"{K}-NN prediction", names[pred[idx]])
+c[2].metric(f"{kind.capitalize()} radius", f"{r[idx]:.4f}")
+
+if pred[idx] != y:
+    st.warning(f"Test point {idx} is already misclassified under {display_name(method)}: its radius is 0.")
+    st.stop()
+
+box = st.checkbox("Keep the adversarial point inside [0, 1]^D", value=False, key="e_box")
+if K == 1:
+    with st.spinner("solving the exact minimal perturbation…"):
+        norms, deltas = minimal_perturbations(ds.X_train, ds.y_train, ds.X_test[idx:idx + 1],
+                                              ds.y_test[idx:idx + 1], M, box=(0.0, 1.0) if box else None)
+    delta, norm, how_found = deltas[0], float(norms[0]), "exact"
+else:
+    try:
+        from arml_core.attacks import attack
+    except ImportError:
+        st.info("For K > 1 the adversarial point comes from the empirical attacks (arml_core.attacks).")
+        st.stop()
+    with st.spinner("attacking…"):
+        res = attack(ds.X_train, ds.y_train, ds.X_test[idx:idx + 1], ds.y_test[idx:idx + 1], M, K,
+                     method="region", box=(0.0, 1.0) if box else None)
+    if not res.success[0] or not np.isfinite(res.norms[0]):
+        st.error("The attack found no adversarial point for this test point.")
+        st.stop()
+    delta, norm, how_found = res.X_adv[0] - x, float(res.norms[0]), "region attack"
+if not np.isfinite(norm):
+    st.error("No adversarial point exists inside the box for this test point.")
+    st.stop()
+x_adv = x + delta * (1 + 1e-4)  # just past the boundary
+after = neighbours(knn, x_adv)
+flipped = after.prediction != y
+c[3].metric(f"Perturbation ({how_found})", f"{norm:.4f}")
+(st.success if flipped else st.error)(
+    f"x + δ is classified as **{names[after.prediction]}** (true {names[y]}): the prediction "
+    f"{'flips' if flipped else 'does NOT flip'}; ||δ|| = {norm:.4f}, {kind} radius {r[idx]:.4f}.")
+
+if ds.image_shape is not None:
+    st.plotly_chart(image_triplet_figure(x, x_adv, ds.image_shape), key="e_images")
+else:
+    st.plotly_chart(feature_bar_figure(x, x_adv, feature_names=ds.feature_names), key="e_bars")
+
+before = neighbours(knn, x)
+c1, c2 = st.columns(2)
+for col, title, nb in ((c1, "Neighbours of x", before), (c2, "Neighbours of x + δ", after)):
+    col.markdown(f"**{title}** (vote: {names[nb.prediction]})")
+    col.dataframe(pd.DataFrame({"train index": nb.indices, "label": [names[l] for l in nb.labels],
+                                "distance": nb.distances}), hide_index=True, key=f"e_nb_{title}")

@@ -1,0 +1,90 @@
+"""Page 1: train the selected methods and compare clean error, fit time and robustness."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from arml_core.evaluate import robust_error_curve
+from arml_core.io import load_metric, metric_to_bytes
+from arml_core.plots import clean_error_figure, display_name, loss_curve_figure, robust_error_figure
+from pages._shared import (sidebar, ARML_DEFAULTS, current_dataset, explain, get_metric, knn_for, put_metric, radii,
+                           trained, train)
+
+sel = sidebar()
+st.title("Train & compare")
+explain("training",
+        r"\min_G \; \frac{1}{N}\sum_i \ell\!\left(\frac{d_M(x_i,n_i)-d_M(x_i,p_i)}{2\lVert M(p_i-n_i)\rVert_2}\right),"
+        r"\qquad M = G^\top G",
+        "ARML moves the metric so that, for each training point, the nearest other-class points are "
+        "far from the bisector with its same-class neighbours — measured in input-space distance. "
+        "The baselines (NCA, LMNN, ITML, LFDA) optimise for accuracy alone; Euclidean is M = I.")
+ds = current_dataset(sel)
+st.caption(ds.description)
+K = int(sel["K"])
+
+with st.expander("ARML settings", expanded=False):
+    p = st.session_state["arml_params"]
+    c = st.columns(4)
+    p["n_epochs"] = int(c[0].number_input("Epochs", 1, 5000, int(p["n_epochs"]), step=50, key="t_epochs"))
+    p["learning_rate"] = float(c[1].number_input("Learning rate", 1e-5, 1.0, float(p["learning_rate"]),
+                                                 format="%.4f", key="t_lr"))
+    p["n_candidates"] = int(c[2].number_input("Candidates m", 1, 50, int(p["n_candidates"]), key="t_m"))
+    p["loss"] = c[3].selectbox("Loss", ["neg", "hinge", "exp", "logistic"],
+                               index=["neg", "hinge", "exp", "logistic"].index(p["loss"]), key="t_loss")
+    if st.button("Reset to defaults", key="t_reset"):
+        st.session_state["arml_params"] = dict(ARML_DEFAULTS)
+        st.rerun()
+
+methods = sel["methods"]
+if not methods:
+    st.info("Select at least one method in the sidebar.")
+    st.stop()
+have = trained(ds, sel)
+todo = [m for m in methods if m not in have]
+c1, c2 = st.columns([1, 3])
+if c1.button(f"Train {len(todo)} method(s)" if todo else "Retrain all", type="primary", key="t_train"):
+    train(ds, sel, todo or methods)
+    have = trained(ds, sel)
+if not have:
+    c2.info("Nothing trained yet for this selection: press the button.")
+    st.stop()
+
+rows, curves, kinds, cleans = [], {}, {}, {}
+for m, rec in have.items():
+    r, kind = radii(ds, sel, m, rec, K)
+    knn = knn_for(ds, rec, K)
+    cleans[m] = float(np.mean(knn.predict(ds.X_test) != ds.y_test))
+    curves[m], kinds[m] = r, kind
+    rows.append({"method": display_name(m), "clean error (%)": round(100 * cleans[m], 1),
+                 "median radius": float(np.median(r)), "fit time (s)": round(rec["fit_time"], 2),
+                 "source": rec["source"]})
+st.dataframe(pd.DataFrame(rows).set_index("method"), key="t_table")
+left, right = st.columns([2, 1])
+left.plotly_chart(robust_error_figure(curves, kind_by_method=kinds), key="t_curve")
+right.plotly_chart(clean_error_figure(cleans), key="t_clean")
+if "arml" in have and have["arml"]["info"].get("loss_curve"):
+    st.plotly_chart(loss_curve_figure(have["arml"]["info"]["loss_curve"]), key="t_loss_curve")
+for m, rec in have.items():
+    for w in rec["info"].get("warnings", []):
+        st.warning(f"{display_name(m)}: {w}")
+    if rec["info"].get("converged") is False:
+        st.warning(f"{display_name(m)}: {rec['info'].get('stop_reason')}")
+
+st.subheader("Save or load a metric")
+c1, c2 = st.columns(2)
+pick = c1.selectbox("Metric to download", list(have), format_func=display_name, key="t_dl_pick")
+c1.download_button("Download .npz", metric_to_bytes(have[pick]["G"], {"dataset": ds.name, "method": pick}),
+                   file_name=f"{ds.name}_{pick}.npz", mime="application/octet-stream", key="t_dl")
+up = c2.file_uploader("Upload a metric (.npz)", type=["npz"], key="t_upload")
+target = c2.selectbox("Use it as", methods, format_func=display_name, key="t_up_target")
+if up is not None and c2.button("Load metric", key="t_load"):
+    try:
+        G, meta = load_metric(io.BytesIO(up.getvalue()), n_features=ds.n_features)
+        put_metric(ds, sel, target, G, 0.0, {"loaded_from": up.name}, source=f"upload {up.name}")
+        st.success(f"Loaded {up.name} as {display_name(target)} ({G.shape[0]}x{G.shape[1]}).")
+        st.rerun()
+    except ValueError as exc:
+        st.error(str(exc))
