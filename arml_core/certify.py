@@ -100,6 +100,7 @@ def certified_radii(
     Ztr, Zte = Xtr @ G.T, Xte @ G.T
     W = Xtr @ Mt  # rows M x_i (M symmetric): c_pn = 2 ||W_p - W_n||
     sq_tr = (Ztr * Ztr).sum(1)
+    lam_max = float(np.linalg.eigvalsh(M).max()) * (1 + 1e-9)  # ||M v|| <= sqrt(lam) ||v||_M
 
     done = int((~correct).sum())
     if progress is not None:
@@ -110,7 +111,7 @@ def certified_radii(
             continue
         pos = torch.as_tensor(np.flatnonzero(y_tr == c), device=dev)
         neg = torch.as_tensor(np.flatnonzero(y_tr != c), device=dev)
-        ctx = _ClassContext(Ztr, sq_tr, W, pos, neg, k, memory_budget)
+        ctx = _ClassContext(Ztr, sq_tr, W, pos, neg, k, memory_budget, lam_max)
         # test points of this class in blocks whose a/b matrices fit the budget
         step = max(1, memory_budget // (4 * len(X_train)))
         for s in range(0, len(rows), step):
@@ -138,8 +139,9 @@ class _ClassContext:
     reduction over positives runs along a contiguous axis.
     """
 
-    def __init__(self, Ztr, sq_tr, W, pos, neg, k, budget):
+    def __init__(self, Ztr, sq_tr, W, pos, neg, k, budget, lam_max: float = 1.0):
         self.k = k
+        self.sqrt_lam = math.sqrt(max(lam_max, 0.0))
         self.Zp, self.Zn = Ztr[pos], Ztr[neg]
         self.sqp, self.sqn = sq_tr[pos], sq_tr[neg]
         self.Wp, self.Wn = W[pos], W[neg]
@@ -214,49 +216,78 @@ class _ClassContext:
                 inner[rs, sl] = self._inner_block(a[rs, sl], b[rs], invCt[None])
         return self._kth_min_last(inner)
 
+    def _exact_inner(self, a, b, cand) -> torch.Tensor:
+        """Exact inner values (k-th largest over all positives) of negatives ``cand``
+        (t, m) for test points with distances ``a`` (t, n_n) and ``b`` (t, n_p)."""
+        t, m = cand.shape
+        n_p = len(self.Zp)
+        inner = torch.empty(cand.shape, dtype=a.dtype, device=a.device)
+        step = max(1, self.budget // max(1, 3 * m * n_p))
+        for r in range(0, t, step):  # bounded memory for large m
+            rs = slice(r, r + step)
+            cols, c_pos = torch.unique(cand[rs], return_inverse=True)
+            invCt = self._inv_denoms(self.Wn[cols], self.Wp)[c_pos]  # (t, m, n_p)
+            inner[rs] = self._inner_block(torch.gather(a[rs], 1, cand[rs]), b[rs], invCt)
+        return inner
+
     def pruned(self, zt, n_screen: int | None) -> torch.Tensor:
-        """Only the denominators the pruning needs are computed, once per class block:
-        the rows of the screening positives and the columns of the candidate negatives."""
+        """Exact, evaluating only the negatives that can matter.
+
+        1. ``U``: the k-th smallest inner value over the ``m0`` nearest negatives, an
+           upper bound on the answer.
+        2. Metric bound: ``||M v|| <= sqrt(lam_max) ||v||_M`` and the triangle inequality
+           give, for ``a_n >= b_(k)`` (the k-th nearest positive), an inner value of at
+           least ``(sqrt(a_n) - sqrt(b_(k))) / (2 sqrt(lam_max))``. Negatives whose bound
+           exceeds ``U`` cannot be among the k smallest: only a prefix ``R`` of the
+           negatives in order of distance remains.
+        3. On ``R``, a tighter bound: the k-th largest over the ``s`` nearest positives
+           (a subset) with the exact denominators; with ``s == k`` a minimum.
+        4. Negatives of ``R`` in increasing bound are evaluated exactly until the bound
+           of the next one is at least the current k-th smallest value.
+        Only the denominators these steps touch are computed.
+        """
         k = self.k
         n_p, n_n = len(self.Zp), len(self.Zn)
         a, b = self._ab(zt)
         T = len(zt)
+        # 1-2: the prefix R of negatives by distance that can matter
+        m0 = min(n_n, max(2 * k, 16))
+        U = self._kth_min_last(self._exact_inner(a, b, torch.topk(a, m0, dim=1, largest=False).indices))
+        bk = torch.topk(b, k, dim=1, largest=False).values[:, -1]
+        thr = (bk.sqrt() + 2.0 * self.sqrt_lam * U.clamp_min(0.0)).square() * (1 + 1e-9) + 1e-300
+        L = max(k, int((a <= thr[:, None]).sum(1).max()))
+        aR, R = torch.topk(a, L, dim=1, largest=False, sorted=True)  # (T, L)
+        outside = aR > thr[:, None]  # beyond this point's own prefix: inner value > U
+        # 3: the tighter bound on R
         s = min(n_p, n_screen if n_screen is not None else k)
-        # Lower bound per (test point, negative): the k-th largest over a subset S of the
-        # positives (the s nearest) is at most the k-th largest over all of them. With
-        # s == k it is the minimum over S: k cheap passes, no sort.
         bS, S = torch.topk(b, s, dim=1, largest=False)  # (T, s)
-        rows, S_pos = torch.unique(S, return_inverse=True)  # screening positives in use
-        col = max(1, min(n_n, self.budget // max(1, len(rows) + 2 * T * s)))
-        LB = torch.empty(T, n_n, dtype=a.dtype, device=a.device)
-        for c0 in range(0, n_n, col):
-            sl = slice(c0, min(n_n, c0 + col))
-            inv = self._inv_denoms(self.Wp[rows], self.Wn[sl])[S_pos]  # (T, s, cols)
-            eps = (a[:, None, sl] - bS[:, :, None]).mul_(inv)
-            LB[:, sl] = eps.min(1).values if s == k else torch.topk(eps, k, dim=1).values[:, -1]
+        LB = torch.empty(T, L, dtype=a.dtype, device=a.device)
+        tb = max(1, min(T, self.budget // max(1, 4 * s * L), int(math.sqrt(self.budget / max(1, 4 * s * L)))))
+        for t0 in range(0, T, tb):
+            ts = slice(t0, t0 + tb)
+            rows, S_pos = torch.unique(S[ts], return_inverse=True)
+            cols, R_pos = torch.unique(R[ts], return_inverse=True)
+            inv = self._inv_denoms(self.Wp[rows], self.Wn[cols])  # (|rows|, |cols|)
+            inv = inv[S_pos[:, :, None], R_pos[:, None, :]]  # (t, s, L)
+            eps = (aR[ts, None, :] - bS[ts, :, None]).mul_(inv)
+            LB[ts] = eps.min(1).values if s == k else torch.topk(eps, k, dim=1).values[:, -1]
+        LB.masked_fill_(outside, float("inf"))
+        # 4: exact values in increasing bound until proven
         out = torch.empty(T, dtype=a.dtype, device=a.device)
         todo = torch.arange(T, device=a.device)
-        m = min(n_n, max(8 * k, 64))
+        m = min(L, max(4 * k, 32))
         while len(todo):
-            lb, cand = torch.topk(LB[todo], min(n_n, m + 1), dim=1, largest=False, sorted=True)
-            cand = cand[:, :m]  # the negatives with the smallest lower bounds
-            inner = torch.empty(cand.shape, dtype=a.dtype, device=a.device)
-            step = max(1, self.budget // max(1, 3 * m * n_p))
-            for r in range(0, len(todo), step):  # bounded memory for large m
-                rs = slice(r, r + step)
-                cols, c_pos = torch.unique(cand[rs], return_inverse=True)
-                invCt = self._inv_denoms(self.Wn[cols], self.Wp)[c_pos]  # (t, m, n_p)
-                a_c = torch.gather(a[todo[rs]], 1, cand[rs])
-                inner[rs] = self._inner_block(a_c, b[todo[rs]], invCt)  # exact values
-            val = self._kth_min_last(inner)
-            if m >= n_n:
+            lb, pos = torch.topk(LB[todo], min(L, m + 1), dim=1, largest=False, sorted=True)
+            cand = torch.gather(R[todo], 1, pos[:, :m])
+            val = self._kth_min_last(self._exact_inner(a[todo], b[todo], cand))
+            if m >= L:
                 out[todo] = val
                 break
-            # every negative outside the candidates has an inner value >= lb[:, m]
+            # every other negative of R has an inner value >= lb[:, m]; outside R, > U >= answer
             proven = lb[:, m] >= val
             out[todo[proven]] = val[proven]
             todo = todo[~proven]
-            m = min(n_n, m * 4)
+            m = min(L, m * 4)
         return out
 
 
