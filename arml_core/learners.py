@@ -369,6 +369,7 @@ LEARNERS = {
     "itml": "ITML",
     "lfda": "LFDA",
     "arml": "ARML",
+    "spectral": "Spectral defence",
 }
 
 
@@ -400,6 +401,11 @@ def make_learner(name: str, **params):
         if key == "arml":
             params.setdefault("random_state", DEFAULT_RANDOM_STATE)
             return ARML(**params)
+        if key == "spectral":
+            from .pairwise import SpectralDefence  # imported lazily: pairwise imports this module
+
+            params.setdefault("random_state", DEFAULT_RANDOM_STATE)
+            return SpectralDefence(**params)
         return _metric_learn(key, dict(params))
     except TypeError as exc:  # an unknown keyword
         raise ValueError(f"bad parameter for {LEARNERS[key]}: {exc}") from None
