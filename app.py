@@ -17,6 +17,7 @@ PAGES = [
     st.Page("pages/boundaries.py", title="Decision boundaries", icon="🗺️", url_path="boundaries"),
     st.Page("pages/curves.py", title="Robustness curves", icon="📉", url_path="curves"),
     st.Page("pages/examples.py", title="Adversarial examples", icon="🔍", url_path="examples"),
+    st.Page("pages/pairwise.py", title="Pairwise attacks", icon="👥", url_path="pairwise"),
 ]
 
 init_state()

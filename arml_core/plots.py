@@ -206,3 +206,39 @@ def feature_bar_figure(x, x_adv, *, feature_names: Sequence[str] | None = None) 
                       yaxis2=dict(title="perturbation", overlaying="y", side="right", zeroline=True),
                       legend=dict(orientation="h", y=-0.2))
     return fig
+
+
+# -- pairwise attacks -------------------------------------------------------------------------
+def pair_success_figure(eps_grid, rates_by_method: Mapping[str, np.ndarray], *,
+                        certified_by_method: Mapping[str, np.ndarray] | None = None,
+                        title: str = "Pairwise attack") -> go.Figure:
+    """Attack success rate (solid) and the fraction of pairs not certified (dashed)
+    against the l_inf budget eps, per metric."""
+    fig = go.Figure()
+    eps_grid = np.asarray(eps_grid, dtype=float)
+    for method, rate in rates_by_method.items():
+        color = PALETTE.get(method)
+        fig.add_trace(go.Scatter(x=eps_grid, y=100 * np.asarray(rate), mode="lines+markers",
+                                 name=f"{display_name(method)} (attack)", line=dict(color=color, width=2.5),
+                                 legendgroup=method))
+        if certified_by_method and method in certified_by_method:
+            fig.add_trace(go.Scatter(x=eps_grid, y=100 * np.asarray(certified_by_method[method]), mode="lines",
+                                     name=f"{display_name(method)} (not certified)",
+                                     line=dict(color=color, width=2, dash="dash"), legendgroup=method))
+    fig.update_layout(title=title, xaxis_title="budget eps (||delta_i||_inf + ||delta_j||_inf)",
+                      yaxis_title="pairs (%)", yaxis=dict(range=[0, 100]), template="plotly_white",
+                      margin=dict(l=40, r=10, t=50, b=40))
+    return fig
+
+
+def pair_distance_figure(dist_before: float, dist_after: float, gamma: float, *, published: float,
+                         rigorous: float) -> go.Figure:
+    """One pair: squared distance before and after the attack against gamma and both bounds."""
+    names = ["before", "after attack", "published bound", "rigorous bound"]
+    vals = [dist_before, dist_after, published, rigorous]
+    fig = go.Figure(go.Bar(x=names, y=vals, marker_color=["#1f77b4", "#d62728", "#ff7f0e", "#2ca02c"],
+                           text=[f"{v:.4g}" for v in vals], textposition="outside"))
+    fig.add_hline(y=gamma, line_dash="dash", annotation_text=f"gamma = {gamma:.4g}")
+    fig.update_layout(yaxis_title="squared distance D", template="plotly_white", height=320,
+                      margin=dict(l=40, r=10, t=30, b=40))
+    return fig

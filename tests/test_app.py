@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-PAGES = ["pages/train.py", "pages/boundaries.py", "pages/curves.py", "pages/examples.py"]
+PAGES = ["pages/train.py", "pages/boundaries.py", "pages/curves.py", "pages/examples.py", "pages/pairwise.py"]
 
 
 @pytest.fixture
@@ -122,3 +122,20 @@ def test_empty_method_selection(app):
     at.multiselect(key="w_methods").set_value([]).run()
     assert not at.exception
     assert any("at least one method" in i.value for i in at.info)
+
+
+def test_pairwise_page_compares_the_spectral_defence(app):
+    at = app.run()
+    at.selectbox(key="w_dataset").set_value("digits").run()
+    at.number_input(key="w_n_test").set_value(60).run()
+    at.multiselect(key="w_methods").set_value(["euclidean", "spectral"]).run()
+    at.button(key="t_train").click().run()
+    at.switch_page("pages/pairwise.py").run()
+    assert not at.exception and not at.error
+    names = {t["name"] for t in charts(at)[0]["data"]}
+    assert names == {"Euclidean (attack)", "Euclidean (not certified)",
+                     "Spectral defence (attack)", "Spectral defence (not certified)"}
+    # certified curves never lie below the attack curves: a pair the attack breaks is not certified
+    data = {t["name"]: t["y"] for t in charts(at)[0]["data"]}
+    for m in ("Euclidean", "Spectral defence"):
+        assert all(c >= a - 1e-9 for a, c in zip(data[f"{m} (attack)"], data[f"{m} (not certified)"]))

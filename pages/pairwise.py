@@ -1,0 +1,97 @@
+"""Page 5: pairwise similarity attacks and the spectral defence (Huai et al., TKDD 2022)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from arml_core.evaluate import parse_grid
+from arml_core.pairwise import (certified_pair_radii, pair_attack, pair_attack_grid, pair_bounds, resolve_gamma,
+                                sample_pairs, success_rate_curve)
+from arml_core.plots import display_name, image_triplet_figure, pair_distance_figure, pair_success_figure
+from pages._shared import current_dataset, explain, require_trained, sidebar
+
+sel = sidebar()
+st.title("Pairwise attacks")
+explain("similarity decisions under attack",
+        r"\text{similar} \iff D(x_i,x_j)=\lVert Wx_i-Wx_j\rVert^2\le\gamma,\qquad"
+        r"\sqrt{D'}\le\sqrt{D}+\epsilon B,\;\; B=\min(\sqrt d\,\sigma_{\max}(W),\ \textstyle\sum_k\lVert W_{:,k}\rVert)",
+        "A metric also decides whether two items are similar. The attacker moves both points (total l∞ "
+        "budget eps, staying in [0, 1]) to flip that decision. The rigorous bound says how far the distance "
+        "can move at most, which certifies pairs; the published first-order bound can be exceeded when "
+        "points may leave [0, 1]. The spectral defence (method 'Spectral defence') penalises the largest "
+        "eigenvalues of WᵀW to keep B small.")
+ds = current_dataset(sel, check_k=False)
+recs = require_trained(ds, sel)
+
+c1, c2, c3 = st.columns(3)
+n_pairs = int(c1.number_input("Pairs (half similar)", 10, 5000, 400, step=50, key="p_n"))
+gamma_mode = c2.radio("Threshold gamma", ["quantile of training distances", "fixed value"], key="p_gmode")
+if gamma_mode == "fixed value":
+    gamma_spec = float(c3.number_input("gamma", 1e-6, 1e6, 2.0, key="p_gamma"))
+else:
+    gamma_spec = f"q{c3.slider('quantile', 0.05, 0.95, 0.5, 0.05, key='p_q'):g}"
+eps_text = st.text_input("eps grid", "0,0.01,0.03,0.05,0.07,0.09", key="p_eps")
+try:
+    eps_grid = parse_grid(eps_text)
+except ValueError as exc:
+    st.error(str(exc))
+    st.stop()
+steps = int(st.slider("Attack steps", 5, 200, 50, key="p_steps"))
+
+X = np.clip(ds.X_test, 0.0, 1.0)
+if np.any(X != ds.X_test):
+    st.caption("Test features outside [0, 1] (the training scaler applied to test data) are clipped to [0, 1].")
+try:
+    ii, jj, y_pair = sample_pairs(X, ds.y_test, n_pairs // 2, n_pairs - n_pairs // 2, random_state=int(sel["seed"]))
+except ValueError as exc:
+    st.error(str(exc))
+    st.stop()
+
+rates, not_cert, gammas, rows = {}, {}, {}, []
+bar = st.progress(0.0, text="attacking")
+for n, (m, rec) in enumerate(recs.items()):
+    W = np.asarray(rec["G"])
+    gamma = resolve_gamma(gamma_spec, W, ds.X_train, ds.y_train)
+    gammas[m] = gamma
+    grid = pair_attack_grid(W, X[ii], X[jj], gamma, eps_grid, steps=steps, y_pair=y_pair)
+    radii = certified_pair_radii(W, X[ii], X[jj], gamma, y_pair=y_pair)
+    rates[m] = grid.success_rate
+    not_cert[m] = success_rate_curve(radii, eps_grid)
+    rows.append({"method": display_name(m), "gamma": gamma,
+                 **{f"attack eps={e:g} (%)": 100 * r for e, r in zip(eps_grid, grid.success_rate)}})
+    bar.progress((n + 1) / len(recs), text=f"{display_name(m)} done")
+bar.empty()
+st.plotly_chart(pair_success_figure(eps_grid, rates, certified_by_method=not_cert), key="p_curve")
+st.dataframe(pd.DataFrame(rows).set_index("method").round(2), key="p_table")
+
+st.subheader("One pair in detail")
+c1, c2, c3 = st.columns(3)
+m = c1.selectbox("Metric", list(recs), format_func=display_name, key="p_m")
+k = int(c2.number_input("Pair", 0, len(ii) - 1, 0, key="p_k"))
+eps = float(c3.select_slider("eps", options=list(eps_grid), value=eps_grid[-1], key="p_e"))
+W = np.asarray(recs[m]["G"])
+res = pair_attack(W, X[ii[k:k + 1]], X[jj[k:k + 1]], gammas[m], eps, steps=steps, y_pair=y_pair[k:k + 1])
+b = pair_bounds(W, X[ii[k:k + 1]], X[jj[k:k + 1]], eps, direction=res.direction)
+kind = "similar" if y_pair[k] > 0 else "dissimilar"
+st.write(f"Pair {k}: test points {ii[k]} and {jj[k]} ({kind}: labels {ds.classes[ds.y_test[ii[k]]]} and "
+         f"{ds.classes[ds.y_test[jj[k]]]}). Attack {'pushes apart' if res.direction[0] > 0 else 'pulls together'}.")
+c = st.columns(3)
+c[0].metric("Distance after attack", f"{res.dist_after[0]:.4g}", f"{res.dist_after[0] - res.dist_before[0]:+.4g}")
+c[1].metric("Published bound", f"{b.published[0]:.4g}")
+c[2].metric("Rigorous bound", f"{b.rigorous[0]:.4g}")
+st.plotly_chart(pair_distance_figure(float(res.dist_before[0]), float(res.dist_after[0]), gammas[m],
+                                     published=float(b.published[0]), rigorous=float(b.rigorous[0])), key="p_bars")
+if res.success[0]:
+    st.warning(f"The attack flips this pair's decision with eps = {eps:g}.")
+else:
+    st.success(f"The decision survives the attack with eps = {eps:g}.")
+if b.exceeds_published(res.dist_after)[0]:
+    st.warning("The attacked distance goes beyond the published first-order bound (it drops the δᵀWᵀWδ term).")
+if b.exceeds_rigorous(res.dist_after)[0]:
+    st.error("The attacked distance goes beyond the rigorous bound: this is a bug, please report it.")
+if ds.image_shape is not None:
+    st.plotly_chart(image_triplet_figure(X[ii[k]], res.X_i_adv[0], ds.image_shape,
+                                         titles=("x_i", "x_i attacked", "δ_i")), key="p_img_i")
+    st.plotly_chart(image_triplet_figure(X[jj[k]], res.X_j_adv[0], ds.image_shape,
+                                         titles=("x_j", "x_j attacked", "δ_j")), key="p_img_j")
