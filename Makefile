@@ -3,6 +3,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 PORT    ?= 8501
+# sleeping (not spinning) OpenMP waits: see arml_core/__init__.py
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: run test bench install dev clean
 

@@ -1,8 +1,12 @@
 """Shared pytest fixtures."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# before torch is imported anywhere: see arml_core/__init__.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
