@@ -1,4 +1,4 @@
-"""ARML Explorer: the entry point. A router over the pages in pages/; it initialises the
+"""ARML Explorer: the entry point. A router over the pages in app_pages/; it initialises the
 state shared across pages (the sidebar selection, mirrored in the URL, and trained
 metrics), which every page shows in the same sidebar.
 
@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import init_state
+from app_pages._shared import init_state
 
-st.set_page_config(page_title="ARML Explorer", page_icon="🛡️", layout="wide")
+st.set_page_config(page_title="ARML Explorer", page_icon=":material/shield:", layout="wide")
 
 PAGES = [
-    st.Page("pages/train.py", title="Train & compare", icon="🏋️", default=True, url_path="train"),
-    st.Page("pages/boundaries.py", title="Decision boundaries", icon="🗺️", url_path="boundaries"),
-    st.Page("pages/curves.py", title="Robustness curves", icon="📉", url_path="curves"),
-    st.Page("pages/examples.py", title="Adversarial examples", icon="🔍", url_path="examples"),
-    st.Page("pages/pairwise.py", title="Pairwise attacks", icon="👥", url_path="pairwise"),
+    st.Page("app_pages/train.py", title="Train & compare", icon=":material/fitness_center:", default=True),  # served at /
+    st.Page("app_pages/boundaries.py", title="Decision boundaries", icon=":material/map:", url_path="boundaries"),
+    st.Page("app_pages/curves.py", title="Robustness curves", icon=":material/show_chart:", url_path="curves"),
+    st.Page("app_pages/examples.py", title="Adversarial examples", icon=":material/search:", url_path="examples"),
+    st.Page("app_pages/pairwise.py", title="Pairwise attacks", icon=":material/group:", url_path="pairwise"),
 ]
 
 init_state()

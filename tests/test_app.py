@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-PAGES = ["pages/train.py", "pages/boundaries.py", "pages/curves.py", "pages/examples.py", "pages/pairwise.py"]
+PAGES = ["app_pages/train.py", "app_pages/boundaries.py", "app_pages/curves.py", "app_pages/examples.py", "app_pages/pairwise.py"]
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_every_page_renders(app, dataset):
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)
         assert not at.error, (page, [e.value for e in at.error])
-        if page != "pages/examples.py":
+        if page != "app_pages/examples.py":
             assert charts(at), page
 
 
@@ -77,8 +77,8 @@ def test_state_survives_page_switches(app):
     at = app.run()
     at.selectbox(key="w_dataset").set_value("moons").run()
     at.number_input(key="w_K").set_value(3).run()
-    at.switch_page("pages/curves.py").run()
-    at.switch_page("pages/train.py").run()
+    at.switch_page("app_pages/curves.py").run()
+    at.switch_page("app_pages/train.py").run()
     assert at.selectbox(key="w_dataset").value == "moons"
     assert at.number_input(key="w_K").value == 3
     assert at.query_params["dataset"] in ("moons", ["moons"]) and at.query_params["K"] in ("3", ["3"])
@@ -99,7 +99,7 @@ def test_boundaries_slice_for_high_dimensional_data(app):
     at.selectbox(key="w_dataset").set_value("iris").run()
     at.multiselect(key="w_methods").set_value(["euclidean"]).run()
     at.button(key="t_train").click().run()
-    at.switch_page("pages/boundaries.py").run()
+    at.switch_page("app_pages/boundaries.py").run()
     assert not at.exception and not at.error
     names = trace_names(at)
     assert "adversarial point" in names or any("misclassified" in w.value for w in at.warning)
@@ -111,7 +111,7 @@ def test_examples_page_confirms_the_flip(app):
     at.number_input(key="w_n_test").set_value(20).run()
     at.multiselect(key="w_methods").set_value(["euclidean"]).run()
     at.button(key="t_train").click().run()
-    at.switch_page("pages/examples.py").run()
+    at.switch_page("app_pages/examples.py").run()
     at.radio(key="e_how").set_value("smallest positive radius").run()
     assert not at.exception
     assert any("flips" in s.value for s in at.success)
@@ -139,7 +139,7 @@ def test_pairwise_page_compares_the_spectral_defence(app):
     at.number_input(key="w_n_test").set_value(60).run()
     at.multiselect(key="w_methods").set_value(["euclidean", "spectral"]).run()
     at.button(key="t_train").click().run()
-    at.switch_page("pages/pairwise.py").run()
+    at.switch_page("app_pages/pairwise.py").run()
     assert not at.exception and not at.error
     names = {t["name"] for t in charts(at)[0]["data"]}
     assert names == {"Euclidean (attack)", "Euclidean (not certified)",

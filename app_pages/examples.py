@@ -8,7 +8,7 @@ import streamlit as st
 from arml_core.exact import minimal_perturbations
 from arml_core.explore import neighbours
 from arml_core.plots import display_name, feature_bar_figure, image_triplet_figure
-from pages._shared import sidebar, current_dataset, explain, knn_for, radii, require_trained
+from app_pages._shared import sidebar, current_dataset, explain, knn_for, radii, require_trained
 
 sel = sidebar()
 st.title("Adversarial examples")

@@ -9,7 +9,7 @@ from arml_core.evaluate import parse_grid
 from arml_core.pairwise import (certified_pair_radii, pair_attack, pair_attack_grid, pair_bounds, resolve_gamma,
                                 sample_pairs, success_rate_curve)
 from arml_core.plots import display_name, image_triplet_figure, pair_distance_figure, pair_success_figure
-from pages._shared import current_dataset, explain, require_trained, sidebar
+from app_pages._shared import current_dataset, explain, require_trained, sidebar
 
 sel = sidebar()
 st.title("Pairwise attacks")

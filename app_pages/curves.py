@@ -7,7 +7,7 @@ import streamlit as st
 
 from arml_core.evaluate import parse_grid, robust_error_curve
 from arml_core.plots import display_name, robust_error_figure
-from pages._shared import sidebar, current_dataset, explain, radii, require_trained
+from app_pages._shared import sidebar, current_dataset, explain, radii, require_trained
 
 sel = sidebar()
 st.title("Robustness curves")
