@@ -238,6 +238,21 @@ def radii(ds, sel, method, rec, K):
     return radii_cached(ds, dataset_key(ds, sel), method, G.tobytes(), G.shape, int(K))
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def attack_norms_cached(_ds: data.Dataset, ds_key: str, method: str, G_bytes: bytes, G_shape, K: int,
+                        attack_method: str):
+    from arml_core.attacks import attack
+
+    G = np.frombuffer(G_bytes).reshape(G_shape)
+    res = attack(_ds.X_train, _ds.y_train, _ds.X_test, _ds.y_test, G.T @ G, K, method=attack_method)
+    return np.asarray(res.norms, dtype=float)
+
+
+def attack_norms(ds, sel, method, rec, K, attack_method="region"):
+    G = np.ascontiguousarray(rec["G"], dtype=np.float64)
+    return attack_norms_cached(ds, dataset_key(ds, sel), method, G.tobytes(), G.shape, int(K), attack_method)
+
+
 def knn_for(ds, rec, K) -> MahalanobisKNN:
     G = np.asarray(rec["G"])
     return MahalanobisKNN(G.T @ G, n_neighbors=int(K)).fit(ds.X_train, ds.y_train)

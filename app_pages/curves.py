@@ -7,7 +7,7 @@ import streamlit as st
 
 from arml_core.evaluate import parse_grid, robust_error_curve
 from arml_core.plots import display_name, robust_error_figure
-from app_pages._shared import sidebar, current_dataset, explain, radii, require_trained
+from app_pages._shared import attack_norms, current_dataset, explain, radii, require_trained, sidebar
 
 sel = sidebar()
 st.title("Robustness curves")
@@ -30,22 +30,42 @@ except ValueError as exc:
     st.error(str(exc))
     st.stop()
 
-all_radii, kinds = {}, {}
+c1, c2 = st.columns(2)
+attack_method = c1.selectbox("Empirical attack (dashed)", ["none", "region", "boundary", "hopskipjump"],
+                             index=1 if K > 1 else 0, key="c_attack",
+                             help="region: white-box QP attack; boundary / hopskipjump: black-box (foolbox), slow")
+all_radii, kinds, empirical = {}, {}, {}
 bar = st.progress(0.0, text="computing radii")
 for i, (m, rec) in enumerate(recs.items()):
     all_radii[m], kinds[m] = radii(ds, sel, m, rec, K)
+    if attack_method != "none":
+        bar.progress((i + 0.5) / len(recs), text=f"{display_name(m)}: {attack_method} attack")
+        try:
+            empirical[m] = attack_norms(ds, sel, m, rec, K, attack_method)
+        except (ValueError, RuntimeError) as exc:
+            st.error(f"{display_name(m)}: the {attack_method} attack failed: {exc}")
     bar.progress((i + 1) / len(recs), text=f"{display_name(m)} done")
 bar.empty()
+if K == 1 and attack_method != "none":
+    c2.caption("For 1-NN the radii are exact, so the attack curve coincides with the solid one.")
 
-st.plotly_chart(robust_error_figure(all_radii, kind_by_method=kinds,
+st.plotly_chart(robust_error_figure(all_radii, kind_by_method=kinds, empirical_by_method=empirical or None,
                                     grid=np.linspace(0, max(grid.max(), 1e-6), 201)), key="c_curve")
 kind = "Exact" if K == 1 else "Certified"
 table = pd.DataFrame({f"{g:g}": [100 * robust_error_curve(all_radii[m], [g])[0] for m in recs] for g in grid},
                      index=[display_name(m) for m in recs]).round(1)
 st.subheader(f"{kind} robust error (%) of {K}-NN, {len(ds.X_test)} test points")
 st.dataframe(table, key="c_table")
-tidy = pd.DataFrame([{"dataset": ds.name, "method": m, "K": K, "kind": kinds[m], "radius": float(g),
-                      "robust_error": float(robust_error_curve(all_radii[m], [g])[0])}
-                     for m in recs for g in grid])
+if empirical:
+    st.subheader(f"Empirical robust error (%), {attack_method} attack")
+    st.dataframe(pd.DataFrame({f"{g:g}": [100 * robust_error_curve(empirical[m], [g])[0] for m in empirical]
+                               for g in grid}, index=[display_name(m) for m in empirical]).round(1),
+                 key="c_table_emp")
+tidy = pd.DataFrame([{"dataset": ds.name, "method": m, "K": K, "kind": kind_, "radius": float(g),
+                      "robust_error": float(robust_error_curve(r_, [g])[0])}
+                     for m in recs
+                     for kind_, r_ in [(kinds[m], all_radii[m])] + ([(f"empirical ({attack_method})", empirical[m])]
+                                                                    if m in empirical else [])
+                     for g in grid])
 st.download_button("Download CSV", tidy.to_csv(index=False), file_name=f"{ds.name}_K{K}_robust_error.csv",
                    mime="text/csv", key="c_csv")

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from arml_core.attacks import attack
 from arml_core.exact import minimal_perturbations
 from arml_core.explore import neighbours
 from arml_core.plots import display_name, feature_bar_figure, image_triplet_figure
@@ -62,12 +63,7 @@ if K == 1:
                                               ds.y_test[idx:idx + 1], M, box=(0.0, 1.0) if box else None)
     delta, norm, how_found = deltas[0], float(norms[0]), "exact"
 else:
-    try:
-        from arml_core.attacks import attack
-    except ImportError:
-        st.info("For K > 1 the adversarial point comes from the empirical attacks (arml_core.attacks).")
-        st.stop()
-    with st.spinner("attacking…"):
+    with st.spinner("region attack (white-box) on this point…"):
         res = attack(ds.X_train, ds.y_train, ds.X_test[idx:idx + 1], ds.y_test[idx:idx + 1], M, K,
                      method="region", box=(0.0, 1.0) if box else None)
     if not res.success[0] or not np.isfinite(res.norms[0]):

@@ -77,6 +77,9 @@ class MethodResult:
     fit_time: float
     eval_time: float
     info: dict = field(default_factory=dict)
+    empirical: np.ndarray | None = None  # attack norms (inf: the attack failed)
+    empirical_method: str | None = None
+    attack_time: float = 0.0
 
 
 @dataclass
@@ -97,11 +100,20 @@ class Evaluation:
                                  radius=float(radius), robust_error=float(err),
                                  clean_error=r.clean_error, n_test=len(r.radii),
                                  fit_time_s=r.fit_time, eval_time_s=r.eval_time))
+            if r.empirical is not None:
+                for radius, err in zip(self.grid, robust_error_curve(r.empirical, self.grid)):
+                    rows.append(dict(dataset=self.dataset, method=name, K=self.n_neighbors,
+                                     kind=f"empirical ({r.empirical_method})", radius=float(radius),
+                                     robust_error=float(err), clean_error=r.clean_error,
+                                     n_test=len(r.empirical), fit_time_s=r.fit_time, eval_time_s=r.attack_time))
         return pd.DataFrame(rows)
 
-    def paper_table(self) -> pd.DataFrame:
-        """The paper's layout: rows = methods, columns = radii, robust error in %."""
+    def paper_table(self, empirical: bool = False) -> pd.DataFrame:
+        """The paper's layout: rows = methods, columns = radii, robust error in %
+        (the certified/exact block, or with ``empirical=True`` the attack block)."""
         t = self.tidy()
+        emp = t.kind.str.startswith("empirical")
+        t = t[emp] if empirical else t[~emp]
         wide = t.pivot(index="method", columns="radius", values="robust_error") * 100
         wide = wide.reindex([m for m in self.results])
         wide.columns = [f"{c:g}" for c in wide.columns]
@@ -141,8 +153,12 @@ def fit_metric(dataset: Dataset, method: str, *, params: dict | None = None, dev
 
 def evaluate(dataset: Dataset, methods: Sequence[str], n_neighbors: int, grid, *,
              metrics: dict[str, np.ndarray] | None = None, params: dict[str, dict] | None = None,
-             device: str = "auto", box=None, progress: ProgressFn | None = None) -> Evaluation:
-    """Fit (unless ``metrics[method]`` gives its components) and evaluate each method."""
+             device: str = "auto", box=None, progress: ProgressFn | None = None,
+             empirical: str | None = None, attack_settings: dict | None = None) -> Evaluation:
+    """Fit (unless ``metrics[method]`` gives its components) and evaluate each method.
+
+    ``empirical`` ('region', 'boundary' or 'hopskipjump') also attacks every test point,
+    so each method has both curves (certified/exact and empirical)."""
     grid = parse_grid(grid)
     K = check_n_neighbors(n_neighbors, dataset.y_train)
     if not methods:
@@ -163,5 +179,18 @@ def evaluate(dataset: Dataset, methods: Sequence[str], n_neighbors: int, grid, *
         stage = f"{name}: {'exact radii' if K == 1 else 'certifying'}"
         cb = None if progress is None else (lambda d, t, s=stage: progress(s, d / max(t, 1), f"{d}/{t} test points"))
         radii, kind = radii_for(dataset, M, K, device=device, box=box, progress=cb)
-        results[name] = MethodResult(name, G, radii, kind, clean, fit_time, time.perf_counter() - start, info)
+        res = MethodResult(name, G, radii, kind, clean, fit_time, time.perf_counter() - start, info)
+        if empirical:
+            from .attacks import attack
+
+            if progress is not None:
+                progress(f"{name}: {empirical} attack", 0.0, f"{len(dataset.X_test)} test points")
+            t0 = time.perf_counter()
+            out = attack(dataset.X_train, dataset.y_train, dataset.X_test, dataset.y_test, M, K,
+                         method=empirical, box=box, device=device, **dict(attack_settings or {}))
+            res.empirical, res.empirical_method = np.asarray(out.norms, dtype=float), empirical
+            res.attack_time = time.perf_counter() - t0
+            if progress is not None:
+                progress(f"{name}: {empirical} attack", 1.0, f"{res.attack_time:.1f} s")
+        results[name] = res
     return Evaluation(dataset.name, K, grid, results, dataset.description)

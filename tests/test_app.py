@@ -148,3 +148,23 @@ def test_pairwise_page_compares_the_spectral_defence(app):
     data = {t["name"]: values(t["y"]) for t in charts(at)[0]["data"]}
     for m in ("Euclidean", "Spectral defence"):
         assert all(c >= a - 1e-9 for a, c in zip(data[f"{m} (attack)"], data[f"{m} (not certified)"]))
+
+
+def test_curves_page_draws_certified_and_empirical_for_k3(app):
+    at = app.run()
+    at.selectbox(key="w_dataset").set_value("iris").run()
+    at.multiselect(key="w_methods").set_value(["euclidean", "lfda"]).run()
+    at.number_input(key="w_K").set_value(3).run()
+    at.button(key="t_train").click().run()
+    at.switch_page("app_pages/curves.py").run()
+    assert not at.exception and not at.error
+    data = {t["name"]: values(t["y"]) for t in charts(at)[0]["data"]}
+    assert set(data) == {"Euclidean (certified)", "Euclidean (empirical)", "LFDA (certified)", "LFDA (empirical)"}
+    # a certificate never claims more than an attack achieves: certified error >= empirical error
+    for m in ("Euclidean", "LFDA"):
+        assert all(c >= e - 1e-9 for c, e in zip(data[f"{m} (certified)"], data[f"{m} (empirical)"]))
+    # the examples page attacks the chosen point for K = 3 and confirms the flip
+    at.switch_page("app_pages/examples.py").run()
+    at.radio(key="e_how").set_value("smallest positive radius").run()
+    assert not at.exception
+    assert any("flips" in s.value for s in at.success)
