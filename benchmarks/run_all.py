@@ -12,6 +12,8 @@ RUNS = [
     ["bench_exact.py"],
     ["bench_arml.py"],
     ["bench_quality.py"],
+    ["bench_attacks.py", "--n-test", "200", "--n-boundary", "30"],
+    ["bench_pairwise.py"],
 ]
 
 if __name__ == "__main__":

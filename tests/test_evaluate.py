@@ -106,3 +106,17 @@ def test_cli_train_then_table_with_saved_metric(tmp_path, capsys):
 def test_cli_errors_are_messages_not_tracebacks(argv, match, capsys):
     assert main(argv) == 2
     assert match in capsys.readouterr().err
+
+
+def test_cli_table_with_empirical_block(tmp_path, capsys):
+    assert main(["table", "--dataset", "iris", "--methods", "euclidean,lfda", "--k", "3", "--grid", "0,0.1,0.2",
+                 "--empirical", "region", "--out", str(tmp_path / "t"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "left: certified; right: empirical, region attack" in out
+    summary = json.loads((tmp_path / "t.json").read_text())
+    for m in ("euclidean", "lfda"):
+        cert = summary["methods"][m]["robust_error"]
+        emp = summary["methods"][m]["empirical_robust_error"]
+        # certified robust error is an upper bound of what any attack achieves
+        assert all(cert[r] >= emp[r] - 1e-12 for r in cert)
+        assert cert["0.0"] == pytest.approx(summary["methods"][m]["clean_error"], abs=0.03)
