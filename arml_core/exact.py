@@ -42,6 +42,8 @@ Two solvers, both exact:
     The slow, independent reference: the QP of *every* negative is solved with cvxpy
     (Clarabel) and the minimum is taken.  Meant for small problems and for testing.
 
+``verify_perturbations`` checks answers against ``MahalanobisKNN(M, 1)`` itself.
+
 Non-convergence is never silent.  With ``strict=True`` (default) a working-set loop that
 reaches ``max_iter`` iterations (or an inner NNLS that fails) raises
 :class:`ConvergenceError`, naming the test point; with ``strict=False`` that point gets
@@ -75,7 +77,11 @@ _INFEASIBLE_RES = 1e-10  # LDP residual norm below this means the working set is
 _N_INIT = 4  # constraints in the initial working set
 _N_ADD = 4  # most violated constraints added per iteration
 _BOX_TOL = 1e-9
-_CLARABEL_OPTS = dict(tol_gap_abs=1e-12, tol_gap_rel=1e-11, tol_feas=1e-11, tol_ktratio=1e-9, max_iter=400)
+_CLARABEL_SETTINGS = (  # tight first (tiny radii need them), then up to Clarabel's defaults
+    dict(tol_gap_abs=1e-12, tol_gap_rel=1e-11, tol_feas=1e-11, tol_ktratio=1e-9, max_iter=400),
+    dict(tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10, max_iter=400),
+    dict(tol_gap_abs=1e-8, tol_gap_rel=1e-8, tol_feas=1e-8, tol_ktratio=1e-6, max_iter=200),
+)
 
 
 class ConvergenceError(RuntimeError):
@@ -139,16 +145,8 @@ def _check_box(box, X_test):
         raise ValueError("box bounds contain NaN")
     if np.any(lo > hi):
         raise ValueError("box must satisfy lo <= hi in every coordinate")
-    if len(X_test):
-        scale = _BOX_TOL * max(1.0, float(np.abs(X_test).max()))
-        outside = np.any((X_test < lo - scale) | (X_test > hi + scale), axis=1)
-        if outside.any():
-            raise ValueError(
-                f"{int(outside.sum())} test point(s) lie outside the box (first: index "
-                f"{int(np.flatnonzero(outside)[0])}); the perturbed point x + delta is "
-                "required to stay in the box, so clip the test points into it first "
-                "(np.clip(X_test, lo, hi))"
-            )
+    if np.any(lo == np.inf) or np.any(hi == -np.inf):
+        raise ValueError("box bounds must satisfy lo < inf and hi > -inf")
     return lo, hi
 
 
@@ -199,8 +197,10 @@ def minimal_perturbations(
     M : (D, D) PSD array or None
         The Mahalanobis matrix (may be low-rank); ``None`` is the Euclidean metric.
     box : None or (lo, hi)
-        Scalars or length-D arrays; requires ``lo <= x + delta <= hi``.  Test points
-        must lie in the box (ValueError otherwise).
+        Scalars or length-D arrays (``-inf``/``inf`` allowed); requires
+        ``lo <= x + delta <= hi``.  A test point outside the box (min-max scaled test
+        data can exceed ``[0, 1]`` slightly) is allowed: ``x + delta`` must still end in
+        the box, so its norm includes the move into it; a misclassified ``x`` gets 0.
     solver : 'fast' or 'cvxpy'
         See the module docstring; both are exact, 'cvxpy' is the slow reference.
     device : 'auto', 'cpu' or 'cuda'
@@ -323,7 +323,7 @@ def _ldp(Aw, hw):
     return -r[:k] / r[k]
 
 
-def _solve_point(i, x, y_loc, d2, L, cd: _ClassData, ctx):
+def _solve_point(i, x, d2, L, cd: _ClassData, ctx):
     """Exact eps* for one correctly classified test point; returns (norm, eta) or raises."""
     zx = ctx["zx"][i]
     dP = d2[cd.pos]
@@ -363,6 +363,7 @@ def _solve_point(i, x, y_loc, d2, L, cd: _ClassData, ctx):
         inW = np.zeros(nP + (2 * k if box is not None else 0), dtype=bool)
         inW[W] = True
         rows, rhs = [], []
+        d_xn = float(((zx - ctx["Zg"][n]) ** 2).sum())  # exact d_M(x, n) for the working rows
 
         def add_rows(idx):
             for p in idx:
@@ -371,9 +372,9 @@ def _solve_point(i, x, y_loc, d2, L, cd: _ClassData, ctx):
                 if p < nP:
                     diff = CP[p] - cn
                     nr = float(np.linalg.norm(diff))
-                    bp = 0.5 * (float(((zx - ctx["Zg"][cd.pos[p]]) ** 2).sum()) - float(((zx - ctx["Zg"][n]) ** 2).sum()))
+                    half_bp = 0.5 * (float(((zx - ctx["Zg"][cd.pos[p]]) ** 2).sum()) - d_xn)
                     rows.append(diff / nr)
-                    rhs.append(bp / nr)
+                    rhs.append(half_bp / nr)
                 elif p < nP + k:
                     e = np.zeros(k)
                     e[p - nP] = 1.0
@@ -476,7 +477,7 @@ def _fast(X_train, y_train, X_test, y_test, M, bounds, dev, tol, max_iter, stric
     with threadpool_limits(limits=1, user_api="blas"):
         for c in np.unique(yt_enc[correct]):
             idx = np.flatnonzero(correct & (yt_enc == c))
-            rng = np.random.default_rng([int(random_state) & 0xFFFFFFFF, int(c)])
+            rng = np.random.default_rng([int(random_state or 0) & 0xFFFFFFFF, int(c)])
             cd = _ClassData(c, y_enc, C, Cs_t, sqCs_t, dev, n_screen, rng, den_thr)
             # screening batch: B x N distances, and up to B * n_near rows of B x N denominators
             bsz = max(1, _FOLD_ELEMENTS // len(X_train))
@@ -488,7 +489,7 @@ def _fast(X_train, y_train, X_test, y_test, M, bounds, dev, tol, max_iter, stric
                 del D2b_t
                 for t, i in enumerate(bidx):
                     try:
-                        val, eta = _solve_point(int(i), X_test[i], c, D2b[t], Lb[t], cd, ctx)
+                        val, eta = _solve_point(int(i), X_test[i], D2b[t], Lb[t], cd, ctx)
                     except ConvergenceError:
                         if strict:
                             raise
@@ -516,6 +517,23 @@ def _fast(X_train, y_train, X_test, y_test, M, bounds, dev, tol, max_iter, stric
 
 
 # --------------------------------------------------------------------------- reference
+def _clarabel_solve(prob, cp):
+    """Solve with tight Clarabel tolerances, relaxing them when Clarabel gives up."""
+    err = None
+    for opts in _CLARABEL_SETTINGS:
+        try:
+            with warnings.catch_warnings():  # "may be inaccurate": the status says it
+                warnings.simplefilter("ignore", UserWarning)
+                prob.solve(solver=cp.CLARABEL, **opts)
+        except cp.error.SolverError as exc:
+            err = str(exc)
+            continue
+        if prob.status in ("optimal", "infeasible"):
+            return prob.status, None
+        err = f"status {prob.status!r}"
+    return prob.status, err
+
+
 def _reference_cvxpy(X_train, y_train, X_test, y_test, M, bounds, strict, progress):
     import cvxpy as cp
 
@@ -562,19 +580,28 @@ def _reference_cvxpy(X_train, y_train, X_test, y_test, M, bounds, strict, progre
             ok = nr > 1e-12 * max(1.0, float(nr.max()))
             A_par.value = np.where(ok[:, None], A / np.where(ok, nr, 1.0)[:, None], 0.0)
             b_par.value = np.where(ok, b / np.where(ok, nr, 1.0), 1.0)
-            try:
-                prob.solve(solver=cp.CLARABEL, **_CLARABEL_OPTS)
-            except cp.error.SolverError as exc:
-                bad = f"cvxpy/Clarabel failed on negative {j}: {exc}"
-                break
-            if prob.status in ("infeasible", "infeasible_inaccurate"):
+            status, err = _clarabel_solve(prob, cp)
+            sol = d
+            if status not in ("optimal", "infeasible"):
+                # the parametric (DPP) form occasionally stalls; a freshly built problem
+                # with the numbers inlined is canonicalised differently and usually solves
+                sol = cp.Variable(D)
+                cons = [A_par.value @ sol <= b_par.value]
+                if bounds is not None:
+                    cons += [sol >= lo_par.value, sol <= hi_par.value]
+                fresh = cp.Problem(cp.Minimize(cp.sum_squares(sol)), cons)
+                status, err = _clarabel_solve(fresh, cp)
+                prob_val = fresh.value
+            else:
+                prob_val = prob.value
+            if status in ("infeasible", "infeasible_inaccurate"):
                 continue
-            if prob.status not in ("optimal", "optimal_inaccurate"):
-                bad = f"cvxpy/Clarabel returned status {prob.status!r} on negative {j}"
+            if status not in ("optimal", "optimal_inaccurate"):
+                bad = f"cvxpy/Clarabel failed on negative {j}: {err or status}"
                 break
-            val = math.sqrt(max(prob.value, 0.0))
+            val = math.sqrt(max(prob_val, 0.0))
             if val < best:
-                best, best_d = val, np.array(d.value)
+                best, best_d = val, np.array(sol.value)
         if bad is not None:
             if strict:
                 raise ConvergenceError(f"test point {int(i)}: {bad}")
@@ -616,7 +643,9 @@ def verify_perturbations(
       (an other-class training point as close as the nearest same-class one);
     * ``norm == inf`` (no adversarial point in the box): accepted, it cannot be checked
       this way.
-    With ``box``, ``x + delta`` must also lie in the box.  NaN norms fail.
+    With ``box``, ``x + delta`` must also lie in the box; for a test point outside the
+    box the ``(1 - rtol)`` check is skipped (points outside the box closer than ``norm``
+    may legitimately be adversarial).  NaN norms fail.
     """
     X_train, y_train, X_test, y_test = _check_data(X_train, y_train, X_test, y_test)
     D = X_train.shape[1]
@@ -652,23 +681,25 @@ def verify_perturbations(
         inside = knn.predict(x + (1 - rtol) * dl) == y
         flip_ray = knn.predict(x + (1 + rtol) * dl) != y
         z = x + dl
-        # nearest other-class training point of z, then a step of rtol * norm towards it
-        nudge = np.zeros_like(z)
-        G = knn.components_
-        Zt = X_train @ G.T
-        for t in range(len(sel)):
-            other = y_train != y[t]
-            dd = (((Zt[other] - G @ z[t]) ** 2).sum(1))
-            nb = X_train[other][int(np.argmin(dd))]
-            step = nb - z[t]
-            sn = np.linalg.norm(step)
-            if sn > 0:
-                nudge[t] = step * min(1.0, rtol * nm[t] / sn)
-        flip_nudge = knn.predict(z + nudge) != y
-        res = good & inside & (flip_ray | flip_nudge)
         if bounds is not None:
             lo, hi = bounds
             sc = _BOX_TOL * max(1.0, float(np.abs(z).max()))
+            x_out = np.any((x < lo - sc) | (x > hi + sc), axis=1)
+            inside |= x_out
+        # where the ray leaves the adversarial cell (an optimum at a vertex of it), step
+        # rtol * norm from x + delta towards its nearest other-class training point instead
+        flip_nudge = np.zeros(len(sel), dtype=bool)
+        G = knn.components_
+        for t in np.flatnonzero(~flip_ray & good & inside):
+            other = np.flatnonzero(y_train != y[t])
+            dd = (((X_train[other] - z[t]) @ G.T) ** 2).sum(1)
+            step = X_train[other[int(np.argmin(dd))]] - z[t]
+            sn = np.linalg.norm(step)
+            if sn > 0:
+                zn = z[t] + step * min(1.0, rtol * nm[t] / sn)
+                flip_nudge[t] = knn.predict(zn[None, :])[0] != y[t]
+        res = good & inside & (flip_ray | flip_nudge)
+        if bounds is not None:
             res &= np.all((z >= lo - sc) & (z <= hi + sc), axis=1)
         ok[sel] = res
     return ok
