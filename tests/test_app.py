@@ -168,3 +168,35 @@ def test_curves_page_draws_certified_and_empirical_for_k3(app):
     at.radio(key="e_how").set_value("smallest positive radius").run()
     assert not at.exception
     assert any("flips" in s.value for s in at.success)
+
+
+@pytest.mark.parametrize("payload, match", [
+    (b"a,b,label\n0.1,0.2,x\n0.3,nan,y\n0.5,0.6,x\n0.7,0.8,y\n0.2,0.1,x\n0.9,0.4,y\n", "NaN|missing"),
+    (b"a,b,label\n0.1,red,x\n0.3,blue,y\n0.5,red,x\n0.7,blue,y\n0.2,red,x\n0.9,red,y\n", "non-numeric|text"),
+    (b"a,b,label\n0.1,0.2,x\n0.3,0.4,x\n0.5,0.6,x\n0.7,0.8,x\n0.2,0.1,x\n0.9,0.4,x\n", "class"),
+])
+def test_bad_uploads_are_error_messages(app, payload, match):
+    import re
+
+    at = app.run()
+    at.session_state["upload"] = ("bad.csv", payload)
+    at.session_state["sel"]["dataset"] = "upload:bad.csv"
+    at.run()
+    assert not at.exception
+    assert any(re.search(match, e.value) for e in at.error), [e.value for e in at.error]
+
+
+def test_good_upload_trains(app):
+    rng = np.random.default_rng(0)
+    X = rng.random((60, 3))
+    y = (X[:, 0] > 0.5).astype(int)
+    payload = "\n".join(",".join(f"{v:.4f}" for v in row) + f",{c}" for row, c in zip(X, y)).encode()
+    at = app.run()
+    at.session_state["upload"] = ("mine.csv", payload)
+    at.session_state["sel"]["dataset"] = "upload:mine.csv"
+    at.session_state["sel"]["methods"] = ["euclidean"]
+    at.run()
+    assert at.selectbox(key="w_dataset").value == "upload:mine.csv"
+    at.button(key="t_train").click().run()
+    assert not at.exception and not at.error
+    assert "Euclidean (exact)" in trace_names(at)
