@@ -106,6 +106,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from ._device import resolve_device
+from ._validation import check_train_test
 from .exact import ConvergenceError, _ldp, minimal_perturbations
 from .knn import MahalanobisKNN, check_n_neighbors, pairwise_sq_dists
 from .metric import check_metric
@@ -447,26 +448,7 @@ def make_attack(method: str | _Attack = "region", **settings) -> _Attack:
 
 # =========================================================================== validation
 def _check_data(X_train, y_train, X_test, y_test, M):
-    X_train = np.asarray(X_train, dtype=np.float64)
-    X_test = np.asarray(X_test, dtype=np.float64)
-    y_train = np.asarray(y_train)
-    y_test = np.asarray(y_test)
-    if X_train.ndim != 2 or X_test.ndim != 2:
-        raise ValueError(
-            f"X_train and X_test must be 2-D arrays (n_samples, n_features), got shapes "
-            f"{X_train.shape} and {X_test.shape}"
-        )
-    if X_train.shape[1] != X_test.shape[1]:
-        raise ValueError(
-            f"feature mismatch: X_train has {X_train.shape[1]} features but X_test has {X_test.shape[1]}"
-        )
-    if y_train.ndim != 1 or len(y_train) != len(X_train):
-        raise ValueError(f"shape mismatch: X_train has {len(X_train)} rows but y_train has shape {y_train.shape}")
-    if y_test.ndim != 1 or len(y_test) != len(X_test):
-        raise ValueError(f"shape mismatch: X_test has {len(X_test)} rows but y_test has shape {y_test.shape}")
-    for name, arr in (("X_train", X_train), ("X_test", X_test)):
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} contains NaN or infinite values")
+    X_train, y_train, X_test, y_test = check_train_test(X_train, y_train, X_test, y_test)
     D = X_train.shape[1]
     M = np.eye(D) if M is None else check_metric(M, D)
     return X_train, y_train, X_test, y_test, M

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ._device import resolve_device
+from ._validation import check_train_test
 from .knn import MahalanobisKNN, check_n_neighbors, pairwise_sq_dists
 from .metric import check_metric, components_from_metric
 
@@ -36,21 +37,7 @@ _ZERO_DENOM = 1e-12  # c_pn below this (relative to the largest) means M (p - n)
 
 
 def _check_inputs(X_train, y_train, X_test, y_test, M):
-    X_train = np.asarray(X_train, dtype=np.float64)
-    X_test = np.asarray(X_test, dtype=np.float64)
-    y_train = np.asarray(y_train)
-    y_test = np.asarray(y_test)
-    if X_train.ndim != 2 or X_test.ndim != 2:
-        raise ValueError("X_train and X_test must be 2-D arrays (n_samples, n_features)")
-    if X_train.shape[1] != X_test.shape[1]:
-        raise ValueError(
-            f"X_train has {X_train.shape[1]} features but X_test has {X_test.shape[1]}"
-        )
-    if len(X_train) != len(y_train) or len(X_test) != len(y_test):
-        raise ValueError("each X must have as many rows as its y has labels")
-    for name, arr in (("X_train", X_train), ("X_test", X_test)):
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} contains NaN or infinite values")
+    X_train, y_train, X_test, y_test = check_train_test(X_train, y_train, X_test, y_test)
     M = check_metric(M, X_train.shape[1])
     return X_train, y_train, X_test, y_test, M
 

@@ -63,6 +63,7 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from ._device import resolve_device
+from ._validation import check_train_test
 from .knn import MahalanobisKNN, pairwise_sq_dists
 from .metric import check_metric, components_from_metric
 
@@ -90,33 +91,7 @@ class ConvergenceError(RuntimeError):
 
 # --------------------------------------------------------------------------- validation
 def _check_data(X_train, y_train, X_test, y_test):
-    X_train = np.asarray(X_train, dtype=np.float64)
-    X_test = np.asarray(X_test, dtype=np.float64)
-    y_train = np.asarray(y_train)
-    y_test = np.asarray(y_test)
-    if X_train.ndim != 2 or X_test.ndim != 2:
-        raise ValueError(
-            f"X_train and X_test must be 2-D arrays (n_samples, n_features), got shapes "
-            f"{X_train.shape} and {X_test.shape}"
-        )
-    if X_train.shape[1] != X_test.shape[1]:
-        raise ValueError(
-            f"feature mismatch: X_train has {X_train.shape[1]} features but X_test has "
-            f"{X_test.shape[1]}"
-        )
-    if y_train.ndim != 1 or len(X_train) != len(y_train):
-        raise ValueError(
-            f"shape mismatch: X_train has {len(X_train)} rows but y_train has shape {y_train.shape}"
-        )
-    if y_test.ndim != 1 or len(X_test) != len(y_test):
-        raise ValueError(
-            f"shape mismatch: X_test has {len(X_test)} rows but y_test has shape {y_test.shape}"
-        )
-    if len(X_train) == 0:
-        raise ValueError("X_train is empty")
-    for name, arr in (("X_train", X_train), ("X_test", X_test)):
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} contains NaN or infinite values")
+    X_train, y_train, X_test, y_test = check_train_test(X_train, y_train, X_test, y_test)
     classes = np.unique(y_train)
     if len(classes) < 2:
         raise ValueError(
