@@ -9,7 +9,7 @@ from arml_core.evaluate import parse_grid
 from arml_core.pairwise import (certified_pair_radii, pair_attack, pair_attack_grid, pair_bounds, resolve_gamma,
                                 sample_pairs, success_rate_curve)
 from arml_core.plots import display_name, image_triplet_figure, pair_distance_figure, pair_success_figure
-from app_pages._shared import current_dataset, explain, require_trained, sidebar
+from app_pages._shared import current_dataset, dataset_key, explain, require_trained, sidebar
 
 sel = sidebar()
 st.title("Pairwise attacks")
@@ -48,18 +48,25 @@ except ValueError as exc:
     st.error(str(exc))
     st.stop()
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def curves_for(_ds, ds_key: str, W_bytes: bytes, W_shape, gamma_spec, eps: tuple, steps: int, n_pairs: int,
+               seed: int):
+    """(gamma, attack success rate per eps, fraction not certified per eps), cached."""
+    W = np.frombuffer(W_bytes).reshape(W_shape)
+    gamma = resolve_gamma(gamma_spec, W, _ds.X_train, _ds.y_train)
+    grid = pair_attack_grid(W, X[ii], X[jj], gamma, np.asarray(eps), steps=steps, y_pair=y_pair)
+    radii = certified_pair_radii(W, X[ii], X[jj], gamma, y_pair=y_pair)
+    return gamma, grid.success_rate, success_rate_curve(radii, np.asarray(eps))
+
+
 rates, not_cert, gammas, rows = {}, {}, {}, []
 bar = st.progress(0.0, text="attacking")
 for n, (m, rec) in enumerate(recs.items()):
-    W = np.asarray(rec["G"])
-    gamma = resolve_gamma(gamma_spec, W, ds.X_train, ds.y_train)
-    gammas[m] = gamma
-    grid = pair_attack_grid(W, X[ii], X[jj], gamma, eps_grid, steps=steps, y_pair=y_pair)
-    radii = certified_pair_radii(W, X[ii], X[jj], gamma, y_pair=y_pair)
-    rates[m] = grid.success_rate
-    not_cert[m] = success_rate_curve(radii, eps_grid)
-    rows.append({"method": display_name(m), "gamma": gamma,
-                 **{f"attack eps={e:g} (%)": 100 * r for e, r in zip(eps_grid, grid.success_rate)}})
+    W = np.ascontiguousarray(rec["G"], dtype=np.float64)
+    gammas[m], rates[m], not_cert[m] = curves_for(ds, dataset_key(ds, sel), W.tobytes(), W.shape, gamma_spec,
+                                                  tuple(map(float, eps_grid)), steps, n_pairs, int(sel["seed"]))
+    rows.append({"method": display_name(m), "gamma": gammas[m],
+                 **{f"attack eps={e:g} (%)": 100 * r for e, r in zip(eps_grid, rates[m])}})
     bar.progress((n + 1) / len(recs), text=f"{display_name(m)} done")
 bar.empty()
 st.plotly_chart(pair_success_figure(eps_grid, rates, certified_by_method=not_cert), key="p_curve")
