@@ -7,10 +7,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from arml_core.evaluate import robust_error_curve
 from arml_core.io import load_metric, metric_to_bytes
 from arml_core.plots import clean_error_figure, display_name, loss_curve_figure, robust_error_figure
-from app_pages._shared import (sidebar, ARML_DEFAULTS, current_dataset, explain, get_metric, knn_for, put_metric, radii,
+from app_pages._shared import (sidebar, ARML_DEFAULTS, current_dataset, explain, knn_for, put_metric, radii,
                            trained, train)
 
 sel = sidebar()

@@ -623,7 +623,6 @@ def verify_perturbations(
     may legitimately be adversarial).  NaN norms fail.
     """
     X_train, y_train, X_test, y_test = _check_data(X_train, y_train, X_test, y_test)
-    D = X_train.shape[1]
     norms = np.asarray(norms, dtype=np.float64)
     deltas = np.asarray(deltas, dtype=np.float64)
     if norms.shape != (len(X_test),) or deltas.shape != X_test.shape:

@@ -57,6 +57,17 @@ def _check_labels(y, *, min_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     return classes, y_enc
 
 
+def mark_diverged(est, name: str, epoch: int) -> None:
+    """Record (``converged_``, ``stop_reason_``) and warn that a torch learner's loss
+    became non-finite at ``epoch``; the caller keeps the metric of the epoch before."""
+    est.converged_ = False
+    est.stop_reason_ = (
+        f"the loss became non-finite at epoch {epoch}; the metric of epoch "
+        f"{epoch - 1} is kept. Lower learning_rate (now {est.learning_rate})"
+    )
+    warnings.warn(f"{name} diverged: {est.stop_reason_}", ConvergenceWarning, stacklevel=3)
+
+
 class Euclidean(MahalanobisMixin, TransformerMixin, BaseEstimator):
     """The identity metric (``G = I``): the baseline every learner is compared with."""
 
@@ -335,12 +346,7 @@ class ARML(MahalanobisMixin, TransformerMixin, BaseEstimator):
             if not ok:
                 with torch.no_grad():
                     G.copy_(last_good)
-                self.converged_ = False
-                self.stop_reason_ = (
-                    f"the loss became non-finite at epoch {epoch}; the metric of epoch "
-                    f"{epoch - 1} is kept. Lower learning_rate (now {self.learning_rate})"
-                )
-                warnings.warn(f"ARML diverged: {self.stop_reason_}", ConvergenceWarning, stacklevel=2)
+                mark_diverged(self, "ARML", epoch)
                 epoch -= 1
                 break
             last_good = G.detach().clone()

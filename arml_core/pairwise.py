@@ -76,19 +76,17 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import validate_data
 
 from ._device import resolve_device
-from .learners import MahalanobisMixin, _check_labels
+from .learners import MahalanobisMixin, _check_labels, mark_diverged
 
 __all__ = [
     "PairAttackGrid",
@@ -879,12 +877,7 @@ class SpectralDefence(MahalanobisMixin, TransformerMixin, BaseEstimator):
             if not (math.isfinite(value) and bool(torch.isfinite(G).all())):
                 with torch.no_grad():
                     G.copy_(last_good)
-                self.converged_ = False
-                self.stop_reason_ = (
-                    f"the loss became non-finite at epoch {epoch}; the metric of epoch "
-                    f"{epoch - 1} is kept. Lower learning_rate (now {self.learning_rate})"
-                )
-                warnings.warn(f"SpectralDefence diverged: {self.stop_reason_}", ConvergenceWarning, stacklevel=2)
+                mark_diverged(self, "SpectralDefence", epoch)
                 epoch -= 1
                 break
             last_good = G.detach().clone()

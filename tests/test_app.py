@@ -1,7 +1,6 @@
 """The multipage app, driven headlessly with Streamlit's AppTest."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
