@@ -35,3 +35,28 @@ def check_train_test(X_train, y_train, X_test, y_test):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} contains NaN or infinite values")
     return X_train, y_train, X_test, y_test
+
+
+def check_box(box, X_test):
+    """``None`` or per-feature ``(lo, hi)`` arrays from a scalar or per-feature pair."""
+    if box is None:
+        return None
+    try:
+        lo, hi = box
+    except (TypeError, ValueError):
+        raise ValueError(f"box must be None or a pair (lo, hi), got {box!r}") from None
+    D = X_test.shape[1]
+    try:
+        lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), (D,)).copy()
+        hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), (D,)).copy()
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"box bounds must be scalars or arrays of length {D} (the number of features)"
+        ) from None
+    if np.isnan(lo).any() or np.isnan(hi).any():
+        raise ValueError("box bounds contain NaN")
+    if np.any(lo > hi):
+        raise ValueError("box must satisfy lo <= hi in every coordinate")
+    if np.any(lo == np.inf) or np.any(hi == -np.inf):
+        raise ValueError("box bounds must satisfy lo < inf and hi > -inf")
+    return lo, hi

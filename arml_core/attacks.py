@@ -106,7 +106,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from ._device import resolve_device
-from ._validation import check_train_test
+from ._validation import check_box, check_train_test
 from .exact import ConvergenceError, _ldp, minimal_perturbations
 from .knn import MahalanobisKNN, check_n_neighbors, pairwise_sq_dists
 from .metric import check_metric
@@ -455,22 +455,11 @@ def _check_data(X_train, y_train, X_test, y_test, M):
 
 
 def _check_box(box, X_test):
-    if box is None:
+    """As ``_validation.check_box``, and the test points must lie in the box."""
+    bounds = check_box(box, X_test)
+    if bounds is None:
         return None
-    try:
-        lo, hi = box
-    except (TypeError, ValueError):
-        raise ValueError(f"box must be None or a pair (lo, hi), got {box!r}") from None
-    D = X_test.shape[1]
-    try:
-        lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), (D,)).copy()
-        hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), (D,)).copy()
-    except (TypeError, ValueError):
-        raise ValueError(f"box bounds must be scalars or arrays of length {D} (the number of features)") from None
-    if np.isnan(lo).any() or np.isnan(hi).any():
-        raise ValueError("box bounds contain NaN")
-    if np.any(lo > hi):
-        raise ValueError("box must satisfy lo <= hi in every coordinate")
+    lo, hi = bounds
     if len(X_test):
         scale = _BOX_TOL * max(1.0, float(np.abs(X_test).max()))
         out = np.any((X_test < lo - scale) | (X_test > hi + scale), axis=1)

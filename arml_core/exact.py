@@ -63,6 +63,7 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from ._device import resolve_device
+from ._validation import check_box as _check_box
 from ._validation import check_train_test
 from .knn import MahalanobisKNN, pairwise_sq_dists
 from .metric import check_metric, components_from_metric
@@ -99,30 +100,6 @@ def _check_data(X_train, y_train, X_test, y_test):
             "an adversarial perturbation needs at least two classes"
         )
     return X_train, y_train, X_test, y_test
-
-
-def _check_box(box, X_test):
-    if box is None:
-        return None
-    try:
-        lo, hi = box
-    except (TypeError, ValueError):
-        raise ValueError(f"box must be None or a pair (lo, hi), got {box!r}") from None
-    D = X_test.shape[1]
-    try:
-        lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), (D,)).copy()
-        hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), (D,)).copy()
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"box bounds must be scalars or arrays of length {D} (the number of features)"
-        ) from None
-    if np.isnan(lo).any() or np.isnan(hi).any():
-        raise ValueError("box bounds contain NaN")
-    if np.any(lo > hi):
-        raise ValueError("box must satisfy lo <= hi in every coordinate")
-    if np.any(lo == np.inf) or np.any(hi == -np.inf):
-        raise ValueError("box bounds must satisfy lo < inf and hi > -inf")
-    return lo, hi
 
 
 def _check_options(solver, tol, max_iter):
