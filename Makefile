@@ -6,7 +6,7 @@ PORT    ?= 8501
 # sleeping (not spinning) OpenMP waits: see arml_core/__init__.py
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: run test bench install dev clean
+.PHONY: run test bench reproduce install dev clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run_all.py
+
+# the paper's evaluation: cached in runs/, resumable; writes results/ (DATASETS=splice,pendigits ... to narrow)
+DATASETS ?= all
+DEVICE   ?= auto
+reproduce: $(VENV)/.installed
+	$(BIN)/python -m arml_core reproduce --datasets $(DATASETS) --device $(DEVICE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

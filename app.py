@@ -18,6 +18,8 @@ PAGES = [
     st.Page("app_pages/curves.py", title="Robustness curves", icon=":material/show_chart:", url_path="curves"),
     st.Page("app_pages/examples.py", title="Adversarial examples", icon=":material/search:", url_path="examples"),
     st.Page("app_pages/pairwise.py", title="Pairwise attacks", icon=":material/group:", url_path="pairwise"),
+    st.Page("app_pages/reproduction.py", title="Paper reproduction", icon=":material/table_chart:",
+            url_path="reproduction"),
 ]
 
 init_state()

@@ -75,6 +75,7 @@ _SCREEN_ELEMENTS = 2**22  # (test points x training points) entries held at once
 _FOLD_ELEMENTS = 2**18  # entries per elementwise screening step (small ones stay in cache)
 _DEN_REL = 1e-4  # screening terms whose ||M (p - n)|| is below this (relative) are dropped
 _ROW_REL = 1e-4  # QP row norms below this (relative, via expansion) are recomputed directly
+_TIE_REL = 1e-12  # nearest other/same-class squared distances this close (relative) are a tie
 _INFEASIBLE_RES = 1e-10  # LDP residual norm below this means the working set is infeasible
 _N_INIT = 4  # constraints in the initial working set
 _N_ADD = 4  # most violated constraints added per iteration
@@ -407,12 +408,23 @@ def _fast(X_train, y_train, X_test, y_test, M, bounds, dev, tol, max_iter, stric
     yt_enc = np.array([pos_of.get(c, -1) for c in y_test.tolist()])
 
     # 1-NN prediction (same distances and tie rule as MahalanobisKNN: topk on pairwise_sq_dists)
+    # A point whose nearest other-class distance ties its nearest same-class one (within
+    # round-off) sits on the boundary: its radius is 0 whichever way the tie is broken
+    # (the tie rule can differ between batchings of the same matmul).
     pred = np.empty(n_test, dtype=np.int64)
+    tied = np.zeros(n_test, dtype=bool)
+    yt_t = torch.as_tensor(yt_enc, device=dev)
     step = max(1, _SCREEN_ELEMENTS // max(1, len(X_train)))
     for s in range(0, n_test, step):
         d = pairwise_sq_dists(Zx_t[s : s + step], Zg_t, sqZg_t)
         pred[s : s + step] = y_t[torch.topk(d, 1, dim=1, largest=False).indices[:, 0]].cpu().numpy()
-    correct = pred == yt_enc
+        same = y_t[None, :] == yt_t[s : s + step, None]
+        inf = torch.tensor(float("inf"), dtype=d.dtype, device=dev)
+        d_same = torch.where(same, d, inf).min(1).values
+        d_other = torch.where(same, inf, d).min(1).values
+        scale = torch.maximum(d_same.abs(), (Zx_t[s : s + step] ** 2).sum(1)) + 1.0
+        tied[s : s + step] = (d_other <= d_same + _TIE_REL * scale).cpu().numpy()
+    correct = (pred == yt_enc) & ~tied
 
     done = int((~correct).sum())
     if progress is not None and done:

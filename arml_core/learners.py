@@ -7,6 +7,8 @@ matrix ``M = G^T G`` and ``transform(X) = X G^T`` are derived from it
 """
 from __future__ import annotations
 
+import functools
+
 import time
 import warnings
 from typing import Callable
@@ -392,8 +394,44 @@ def _metric_learn(name: str, params: dict):
         params.setdefault("random_state", DEFAULT_RANDOM_STATE)
         return metric_learn.ITML_Supervised(**params)
     if name == "lfda":
-        return metric_learn.LFDA(**params)
+        return _lfda_class()(**params)
     raise KeyError(name)
+
+
+LFDA_VARIANCE_CUTOFF = 1e-4
+
+
+@functools.lru_cache(maxsize=1)
+def _lfda_class():
+    import metric_learn
+
+    class LFDA(metric_learn.LFDA):
+        """metric-learn's LFDA, fitted in the principal subspace when the data are
+        rank-deficient or ill-conditioned (image data: constant border pixels).
+
+        LFDA solves a generalised eigenproblem with the within-class scatter, which is
+        singular when some directions carry (almost) no variance; metric-learn then
+        returns NaN or complex components. Here, directions whose variance is below
+        ``LFDA_VARIANCE_CUTOFF`` times the largest are dropped first (a PCA projection
+        ``V``), LFDA is fitted on ``X V`` and the components are mapped back
+        (``G = G_lfda V^T``). Well-conditioned data are fitted unchanged."""
+
+        def fit(self, X, y):
+            X = np.asarray(X, dtype=np.float64)
+            if X.ndim != 2 or X.shape[0] < 2:
+                return super().fit(X, y)
+            s, Vt = np.linalg.svd(X - X.mean(0), full_matrices=False)[1:]
+            r = int(np.sum(s**2 > LFDA_VARIANCE_CUTOFF * s[0] ** 2)) if s[0] > 0 else 0
+            if r == X.shape[1] or r == 0:
+                return super().fit(X, y)
+            super().fit(X @ Vt[:r].T, y)
+            self.components_ = np.real(self.components_) @ Vt[:r]
+            self.n_features_in_ = X.shape[1]
+            self.projected_rank_ = r
+            return self
+
+    LFDA.__name__ = LFDA.__qualname__ = "LFDA"
+    return LFDA
 
 
 def make_learner(name: str, **params):

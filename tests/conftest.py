@@ -17,7 +17,7 @@ if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """The shared benchmark data (``../shared/data`` next to the repo); skip when absent."""
     path = Path(__file__).resolve().parents[1].parent / "shared" / "data"

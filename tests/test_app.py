@@ -10,7 +10,8 @@ from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-PAGES = ["app_pages/train.py", "app_pages/boundaries.py", "app_pages/curves.py", "app_pages/examples.py", "app_pages/pairwise.py"]
+PAGES = ["app_pages/train.py", "app_pages/boundaries.py", "app_pages/curves.py", "app_pages/examples.py", "app_pages/pairwise.py",
+         "app_pages/reproduction.py"]
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def test_every_page_renders(app, dataset):
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)
         assert not at.error, (page, [e.value for e in at.error])
-        if page != "app_pages/examples.py":
+        if page not in ("app_pages/examples.py", "app_pages/reproduction.py"):  # the latter: results/ may be absent
             assert charts(at), page
 
 
@@ -199,3 +200,35 @@ def test_good_upload_trains(app):
     at.button(key="t_train").click().run()
     assert not at.exception and not at.error
     assert "Euclidean (exact)" in trace_names(at)
+
+
+def test_reproduction_page_without_results_says_how_to_make_them(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("ARML_RESULTS_DIR", str(tmp_path / "no_results"))
+    at = app.run()
+    at.switch_page("app_pages/reproduction.py").run()
+    assert not at.exception and not at.error
+    assert any("make reproduce" in i.value for i in at.info)
+
+
+def test_reproduction_page_shows_tables_curves_and_deviations(app, tmp_path, monkeypatch):
+    from arml_core import reproduce as rp
+
+    plan = rp.make_plan("digits", methods=["euclidean", "lfda"], n_attack=8, grid=[0, 0.5, 1, 1.5])
+    rp.reproduce_dataset("digits", plan, runs_dir=tmp_path / "runs_r", results_dir=tmp_path / "results",
+                         device="cpu")
+    monkeypatch.setenv("ARML_RESULTS_DIR", str(tmp_path / "results"))
+    at = app.run()
+    at.switch_page("app_pages/reproduction.py").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="r_dataset").value == "digits"
+    assert any("first 8 of the" in w.value for w in at.warning)  # the attack subsample is stated
+    names = trace_names(at)
+    assert {"Euclidean (exact)", "LFDA (exact)", "Euclidean (certified)", "LFDA (empirical)"} <= names
+    # the 1-NN table equals the written CSV
+    shown = at.dataframe[0].value  # the first table: 1-NN
+    csv = rp.load_results("digits", tmp_path / "results").table("nn1").round(1)
+    np.testing.assert_allclose(shown.loc["LFDA", ["0", "0.5", "1", "1.5"]].to_numpy(dtype=float),
+                               csv.loc["lfda"].to_numpy(dtype=float))
+    # a bad grid is a message, not a traceback
+    at.text_input(key="r_grid_digits").set_value("0, a").run()
+    assert not at.exception and at.error

@@ -346,3 +346,36 @@ def test_empty_test_set():
     X, y, _, _, M = make_problem(0, 3, 2, "full")
     norms, deltas = minimal_perturbations(X, y, np.zeros((0, 3)), np.zeros(0, int), M)
     assert norms.shape == (0,) and deltas.shape == (0, 3)
+
+
+def test_a_tie_between_classes_is_radius_zero_and_verifies():
+    """x equidistant from a same-class and an other-class point lies on the boundary:
+    radius 0 whichever way the classifier breaks the tie; the same point moved slightly
+    towards its own class has a positive radius."""
+    rng = np.random.default_rng(3)
+    X_train = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 5.0], [2.0, 5.0]]) + rng.normal(0, 1e-3, (4, 2)) * [0, 1]
+    y_train = np.array([0, 1, 0, 1])
+    x_tie = np.array([[1.0, X_train[:2, 1].mean()]])
+    X_test = np.vstack([x_tie, x_tie - [0.1, 0.0]])
+    for y in ([0, 0], [1, 1]):
+        y_test = np.array(y)
+        norms, deltas = minimal_perturbations(X_train, y_train, X_test, y_test, None)
+        assert norms[0] == 0.0
+        assert verify_perturbations(X_train, y_train, X_test, y_test, None, norms, deltas).all()
+    # moved towards class 0: positive radius for label 0
+    norms, _ = minimal_perturbations(X_train, y_train, X_test[1:], np.array([0]), None)
+    assert norms[0] == pytest.approx(0.1, rel=1e-3)
+
+
+def test_near_ties_on_splice_verify(shared_data_dir):
+    """Regression: on splice (categorical features) two test points have their nearest
+    same- and other-class distances equal to 1 ulp; the classifier's tie rule and the
+    solver's disagreed (norm 2.6e-16 for a point the classifier misclassifies). Every
+    perturbation of the first 1000 shuffled test points must verify."""
+    from arml_core.data import load_dataset
+
+    ds = load_dataset("splice", data_dir=shared_data_dir, n_test=1000, seed=42)
+    norms, deltas = minimal_perturbations(ds.X_train, ds.y_train, ds.X_test, ds.y_test, None)
+    ok = verify_perturbations(ds.X_train, ds.y_train, ds.X_test, ds.y_test, None, norms, deltas)
+    assert ok.all(), np.flatnonzero(~ok)
+    assert np.all((norms == 0) | (norms > 1e-8))  # no round-off-sized radii

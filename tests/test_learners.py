@@ -191,3 +191,29 @@ def test_neighbour_index_is_exact_along_a_drifting_metric():
 @parametrize_with_checks([ARML(n_epochs=5), Euclidean()])  # noqa: generator is sklearn's
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_lfda_on_images_with_constant_pixels_is_finite():
+    """metric-learn's LFDA returns NaN on digits (constant border pixels make the
+    within-class scatter singular); ours fits in the principal subspace instead."""
+    ds = load_dataset("digits")
+    assert np.any(np.ptp(ds.X_train, axis=0) == 0)
+    est = make_learner("lfda").fit(ds.X_train, ds.y_train)
+    G = est.components_
+    assert G.shape[1] == ds.n_features and np.all(np.isfinite(G)) and not np.iscomplexobj(G)
+    assert est.projected_rank_ < ds.n_features
+    # constant pixels get no weight; the learned metric classifies well
+    assert np.allclose(G[:, np.ptp(ds.X_train, axis=0) == 0], 0)
+    from arml_core.knn import MahalanobisKNN
+
+    err = np.mean(MahalanobisKNN(G.T @ G, 1).fit(ds.X_train, ds.y_train).predict(ds.X_test) != ds.y_test)
+    assert err < 0.1
+
+
+def test_lfda_on_well_conditioned_data_is_metric_learns():
+    import metric_learn
+
+    ds = load_dataset("wine")
+    ours = make_learner("lfda").fit(ds.X_train, ds.y_train).components_
+    ref = metric_learn.LFDA().fit(ds.X_train, ds.y_train).components_
+    np.testing.assert_allclose(ours, ref)

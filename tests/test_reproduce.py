@@ -1,0 +1,227 @@
+"""The paper reproduction: plans, caching/resume, results files, the summary, and the
+Euclidean 1-NN rows on pendigits against an independent brute force."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import nnls
+
+from arml_core import reproduce as rp
+from arml_core.cli import main as cli_main
+from arml_core.data import load_dataset
+
+
+def _ldp_nnls(A, b):
+    """min ||z|| s.t. A z <= b by the classical LDP -> NNLS reduction (Lawson & Hanson,
+    ch. 23), with scipy's NNLS: an implementation independent of arml_core.exact.
+    Returns inf when infeasible."""
+    G, h = -A, -b  # G z >= h
+    E = np.vstack([G.T, h[None, :]])
+    f = np.zeros(E.shape[0])
+    f[-1] = 1.0
+    u, _ = nnls(E, f, maxiter=50 * E.shape[1])
+    r = E @ u - f
+    if np.linalg.norm(r) < 1e-12:
+        return np.inf
+    return float(np.linalg.norm(-r[:-1] / r[-1]))
+
+
+def euclidean_1nn_radii_bruteforce(X_train, y_train, X_test, y_test):
+    """Exact Euclidean 1-NN minimal perturbations by brute force: for every other-class
+    training point n, the distance from x to the set of points at least as close to n
+    as to every training point of x's class (an LDP), minimised over n. Cells are
+    visited in order of a sound lower bound (the bisector with x's nearest same-class
+    point) and the loop stops when that bound passes the best distance found."""
+    out = np.empty(len(X_test))
+    for t, (x, y) in enumerate(zip(X_test, y_test)):
+        d2 = ((X_train - x) ** 2).sum(1)
+        same, other = np.flatnonzero(y_train == y), np.flatnonzero(y_train != y)
+        if d2[other].min() <= d2[same].min():
+            out[t] = 0.0  # misclassified, or on a tie
+            continue
+        P = X_train[same]
+        p0 = X_train[same[np.argmin(d2[same])]]
+        N = X_train[other]
+        lb = (d2[other] - d2[same].min()) / (2 * np.linalg.norm(N - p0, axis=1))
+        best = np.inf
+        for j in np.argsort(lb):
+            if lb[j] >= best:
+                break
+            n = N[j]
+            # ||x+z-n||^2 <= ||x+z-p||^2  <=>  2 (p - n).z <= ||x-p||^2 - ||x-n||^2
+            A = 2 * (P - n)
+            b = ((x - P) ** 2).sum(1) - ((x - n) ** 2).sum()
+            best = min(best, _ldp_nnls(A, b))
+        out[t] = best
+    return out
+
+
+def test_ldp_nnls_matches_a_hand_solved_case():
+    # min ||z|| s.t. z1 >= 1, z2 >= 2  ->  ||(1, 2)||
+    assert _ldp_nnls(-np.eye(2), -np.array([1.0, 2.0])) == pytest.approx(np.sqrt(5))
+    assert _ldp_nnls(np.array([[1.0], [-1.0]]), np.array([-1.0, -1.0])) == np.inf  # z <= -1 and z >= 1
+
+
+@pytest.fixture(scope="module")
+def pendigits_cli(shared_data_dir, tmp_path_factory):
+    """The CLI's Euclidean rows on pendigits, paper protocol (full training set)."""
+    root = tmp_path_factory.mktemp("repro")
+    rc = cli_main(["reproduce", "--datasets", "pendigits", "--methods", "euclidean", "--stages", "fit,nn1",
+                   "--data-dir", str(shared_data_dir), "--runs-dir", str(root / "runs"),
+                   "--results-dir", str(root / "results"), "--device", "cpu", "--quiet"])
+    assert rc == 0
+    return root
+
+
+def test_cli_euclidean_1nn_rows_equal_an_independent_bruteforce(pendigits_cli, shared_data_dir):
+    ds = load_dataset("pendigits", data_dir=shared_data_dir, n_test=1000, seed=42)
+    brute = euclidean_1nn_radii_bruteforce(ds.X_train, ds.y_train, ds.X_test, ds.y_test)
+    table = pd.read_csv(pendigits_cli / "results" / "pendigits" / "nn1_exact.csv")
+    grid = rp.paper_grid("pendigits")
+    assert sorted(table.radius) == pytest.approx(list(grid))
+    # no brute-force radius sits on a grid point (else round-off could move a point across it)
+    assert np.min(np.abs(brute[:, None] - grid[None, 1:])) > 1e-7
+    expected = (brute[:, None] <= grid[None, :]).sum(0)  # non-robust points per radius
+    got = table.set_index("radius").robust_error_pct.reindex(grid).to_numpy() * len(brute) / 100
+    np.testing.assert_array_equal(np.rint(got).astype(int), expected)
+    assert np.max(np.abs(got - expected)) < 1e-6
+    # and point by point
+    radii = pd.read_csv(pendigits_cli / "results" / "pendigits" / "radii.csv")
+    np.testing.assert_allclose(radii["euclidean.nn1_exact"], brute, rtol=1e-6, atol=1e-9)
+
+
+def test_rerun_resumes_from_the_cache(pendigits_cli, shared_data_dir):
+    meta = json.loads((pendigits_cli / "results" / "pendigits" / "metrics_meta.json").read_text())
+    assert meta["methods"]["euclidean"]["cached"] == {"fit": False, "nn1": False}
+    rc = cli_main(["reproduce", "--datasets", "pendigits", "--methods", "euclidean", "--stages", "fit,nn1",
+                   "--data-dir", str(shared_data_dir), "--runs-dir", str(pendigits_cli / "runs"),
+                   "--results-dir", str(pendigits_cli / "results"), "--device", "cpu", "--quiet"])
+    assert rc == 0
+    meta2 = json.loads((pendigits_cli / "results" / "pendigits" / "metrics_meta.json").read_text())
+    assert meta2["methods"]["euclidean"]["cached"] == {"fit": True, "nn1": True}
+    assert meta2["methods"]["euclidean"]["stage_s"] == meta["methods"]["euclidean"]["stage_s"]
+
+
+# ------------------------------------------------------------------ small end-to-end runs
+
+
+@pytest.fixture(scope="module")
+def splice_run(shared_data_dir, tmp_path_factory):
+    """Every stage on splice (the smallest paper data set) with two quick methods."""
+    root = tmp_path_factory.mktemp("splice")
+    plan = rp.make_plan("splice", profile="cpu", methods=["euclidean", "lfda"], n_attack=40)
+    meta = rp.reproduce_dataset("splice", plan, data_dir=shared_data_dir, runs_dir=root / "runs",
+                                results_dir=root / "results", device="cpu")
+    rp.write_summary(root / "results")
+    return root, meta
+
+
+def test_results_files_and_soundness(splice_run):
+    root, meta = splice_run
+    d = root / "results" / "splice"
+    for name in ("metrics_meta.json", "nn1_exact.csv", "knn11_certified.csv", "knn11_empirical.csv", "radii.csv"):
+        assert (d / name).exists(), name
+    assert meta["violations"] == []
+    res = rp.load_results("splice", root / "results")
+    radii = res.radii
+    for m in ("euclidean", "lfda"):
+        exact, bound = radii[f"{m}.nn1_exact"], radii[f"{m}.nn1_bound"]
+        assert np.all(bound <= exact * (1 + 1e-6) + 1e-12)
+        cert, emp = radii[f"{m}.knn11_certified"].to_numpy(), radii[f"{m}.knn11_empirical"].to_numpy()
+        att = ~np.isnan(emp)
+        assert att.sum() == 40 and att[:40].all()
+        assert np.all(cert[att] <= emp[att] * (1 + 1e-6) + 1e-12)
+        # certified error >= empirical error on the attacked points, at every radius
+        e = res.empirical[res.empirical.method == m]
+        assert np.all(e.certified_same_points_pct >= e.robust_error_pct - 1e-9)
+        # r = 0 of the empirical curve is the clean error of the attacked points
+        clean = meta["methods"][m]["clean_error"]["11"]
+        assert 0 <= clean <= 1
+    t = res.table("certified")
+    assert list(t.index) == ["euclidean", "lfda"] and list(t.columns) == ["0", "0.1", "0.2", "0.3", "0.4", "0.5"]
+    assert np.all(np.diff(t.to_numpy(), axis=1) >= 0)  # robust error grows with the radius
+
+
+def test_summary_states_deviations_and_tables(splice_run):
+    root, _ = splice_run
+    text = (root / "results" / "SUMMARY.md").read_text()
+    assert "## splice" in text
+    assert "first 40 of the 1000 test points" in text  # the attack subsample is stated
+    assert "1-NN, exact robust error" in text and "11-NN: certified" in text
+    assert "Wall time per stage" in text
+
+
+def test_a_violation_is_reported(splice_run, monkeypatch, shared_data_dir):
+    """A certified radius above an attack norm must be flagged, not averaged away."""
+    root, _ = splice_run
+    import arml_core.certify as certify
+
+    real = certify.certified_radii
+    monkeypatch.setattr(certify, "certified_radii", lambda *a, **k: real(*a, **k) * 50 + 1.0)
+    plan = rp.make_plan("splice", profile="cpu", methods=["euclidean"], n_attack=10)
+    meta = rp.reproduce_dataset("splice", plan, data_dir=shared_data_dir, runs_dir=root / "runs_bad",
+                                results_dir=root / "results_bad", device="cpu")
+    assert any("certified radius above the attack norm" in v for v in meta["violations"])
+    assert any("closed-form bounds above the exact radius" in v for v in meta["violations"])
+    assert "SOUNDNESS VIOLATIONS" in rp.summary_markdown(root / "results_bad")
+
+
+# ------------------------------------------------------------------ plans and bad input
+
+
+def test_plans():
+    full = rp.make_plan("mnist", profile="full")
+    assert full.reference_n_train is None and full.fit_n_train == {} and full.n_attack is None
+    assert full.deviations() == []
+    assert full.grid == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    cpu = rp.make_plan("mnist", profile="cpu")
+    devs = " ".join(cpu.deviations(60000, 3000))
+    assert "subsampled to 3000 of 60000" in devs and "NCA fitted on a stratified subsample of 2000" in devs
+    assert rp.make_plan("satimage").grid == pytest.approx([0, 0.15, 0.3, 0.45, 0.6, 0.75])
+    assert rp.make_plan("pendigits", n_attack=5000).n_attack is None
+    with pytest.raises(ValueError, match="profile"):
+        rp.make_plan("splice", profile="fast")
+    with pytest.raises(ValueError, match="unknown method"):
+        rp.make_plan("splice", methods=["svm"])
+    with pytest.raises(ValueError, match="no paper grid"):
+        rp.paper_grid("iris")
+    with pytest.raises(ValueError, match="n_attack"):
+        rp.make_plan("splice", n_attack=0)
+
+
+def test_cli_rejects_unknown_dataset_and_stage(tmp_path, capsys):
+    assert cli_main(["reproduce", "--datasets", "iris", "--results-dir", str(tmp_path)]) == 2
+    assert "unknown data set" in capsys.readouterr().err
+    assert cli_main(["reproduce", "--datasets", "splice", "--stages", "fit,plot", "--results-dir", str(tmp_path)]) == 2
+    assert "unknown stage" in capsys.readouterr().err
+
+
+def test_cli_skips_missing_data_with_a_message(tmp_path, capsys):
+    rc = cli_main(["reproduce", "--datasets", "usps", "--data-dir", str(tmp_path / "empty"),
+                   "--results-dir", str(tmp_path / "r"), "--runs-dir", str(tmp_path / "runs")])
+    assert rc == 1
+    assert "data missing" in capsys.readouterr().err
+
+
+def test_load_results_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="reproduce --datasets splice"):
+        rp.load_results("splice", tmp_path)
+    (tmp_path / "splice").mkdir()
+    (tmp_path / "splice" / "metrics_meta.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        rp.load_results("splice", tmp_path)
+    assert rp.results_datasets(tmp_path / "nowhere") == []
+    assert "No results yet" in rp.summary_markdown(tmp_path / "nowhere")
+
+
+def test_corrupt_stage_cache_is_recomputed(tmp_path):
+    path = tmp_path / "x__nn1__abc.npz"
+    path.write_bytes(b"not an npz")
+    calls = []
+    arrays, _, cached = rp._cached_stage(path, lambda: calls.append(1) or {"a": np.arange(3)})
+    assert not cached and calls == [1]
+    arrays, _, cached = rp._cached_stage(path, lambda: calls.append(1) or {"a": np.arange(3)})
+    assert cached and calls == [1] and arrays["a"].tolist() == [0, 1, 2]
