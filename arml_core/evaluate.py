@@ -143,6 +143,8 @@ def fit_metric(dataset: Dataset, method: str, *, params: dict | None = None, dev
         raise ValueError(f"{LEARNERS.get(key, key)} produced a non-finite metric on {dataset.name}")
     info = {"warnings": sorted({str(w.message).splitlines()[0][:200] for w in caught
                                  if not issubclass(w.category, (FutureWarning, DeprecationWarning))})}
+    if getattr(est, "projected_rank_", None):
+        info["projected_rank"] = int(est.projected_rank_)
     if key == "arml":
         info.update(loss_curve=list(map(float, est.loss_curve_)), n_iter=int(est.n_iter_),
                     converged=bool(est.converged_), stop_reason=est.stop_reason_)

@@ -414,6 +414,7 @@ def _fast(X_train, y_train, X_test, y_test, M, bounds, dev, tol, max_iter, stric
     pred = np.empty(n_test, dtype=np.int64)
     tied = np.zeros(n_test, dtype=bool)
     yt_t = torch.as_tensor(yt_enc, device=dev)
+    sq_max = sqZg_t.max()
     step = max(1, _SCREEN_ELEMENTS // max(1, len(X_train)))
     for s in range(0, n_test, step):
         d = pairwise_sq_dists(Zx_t[s : s + step], Zg_t, sqZg_t)
@@ -422,7 +423,8 @@ def _fast(X_train, y_train, X_test, y_test, M, bounds, dev, tol, max_iter, stric
         inf = torch.tensor(float("inf"), dtype=d.dtype, device=dev)
         d_same = torch.where(same, d, inf).min(1).values
         d_other = torch.where(same, inf, d).min(1).values
-        scale = torch.maximum(d_same.abs(), (Zx_t[s : s + step] ** 2).sum(1)) + 1.0
+        # round-off of the expanded distances is about eps * (||zx||^2 + ||zg||^2)
+        scale = (Zx_t[s : s + step] ** 2).sum(1) + sq_max
         tied[s : s + step] = (d_other <= d_same + _TIE_REL * scale).cpu().numpy()
     correct = (pred == yt_enc) & ~tied
 

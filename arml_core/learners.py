@@ -406,24 +406,30 @@ def _lfda_class():
     import metric_learn
 
     class LFDA(metric_learn.LFDA):
-        """metric-learn's LFDA, fitted in the principal subspace when the data are
-        rank-deficient or ill-conditioned (image data: constant border pixels).
+        """metric-learn's LFDA; where its solution is not finite, refitted in the
+        principal subspace.
 
         LFDA solves a generalised eigenproblem with the within-class scatter, which is
-        singular when some directions carry (almost) no variance; metric-learn then
-        returns NaN or complex components. Here, directions whose variance is below
-        ``LFDA_VARIANCE_CUTOFF`` times the largest are dropped first (a PCA projection
-        ``V``), LFDA is fitted on ``X V`` and the components are mapped back
-        (``G = G_lfda V^T``). Well-conditioned data are fitted unchanged."""
+        singular when some directions carry (almost) no variance (image data: constant
+        border pixels); metric-learn then returns NaN or complex components. In that
+        case only, directions whose variance is below ``LFDA_VARIANCE_CUTOFF`` times the
+        largest are dropped (a PCA projection ``V``), LFDA is fitted on ``X V`` and the
+        components are mapped back (``G = G_lfda V^T``); ``projected_rank_`` records
+        the rank used (None: metric-learn's own solution)."""
 
         def fit(self, X, y):
+            self.projected_rank_ = None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # NaN from the singular case
+                super().fit(X, y)
+            G = self.components_
+            if np.all(np.isfinite(G)) and not np.iscomplexobj(G):
+                return self
             X = np.asarray(X, dtype=np.float64)
-            if X.ndim != 2 or X.shape[0] < 2:
-                return super().fit(X, y)
             s, Vt = np.linalg.svd(X - X.mean(0), full_matrices=False)[1:]
             r = int(np.sum(s**2 > LFDA_VARIANCE_CUTOFF * s[0] ** 2)) if s[0] > 0 else 0
-            if r == X.shape[1] or r == 0:
-                return super().fit(X, y)
+            if r in (0, X.shape[1]):
+                return self  # nothing to drop: the caller sees the non-finite metric
             super().fit(X @ Vt[:r].T, y)
             self.components_ = np.real(self.components_) @ Vt[:r]
             self.n_features_in_ = X.shape[1]

@@ -379,3 +379,7 @@ def test_near_ties_on_splice_verify(shared_data_dir):
     ok = verify_perturbations(ds.X_train, ds.y_train, ds.X_test, ds.y_test, None, norms, deltas)
     assert ok.all(), np.flatnonzero(~ok)
     assert np.all((norms == 0) | (norms > 1e-8))  # no round-off-sized radii
+    # the tie rule does not depend on the metric's scale (M = c I is the same classifier)
+    small, _ = minimal_perturbations(ds.X_train, ds.y_train, ds.X_test, ds.y_test, 1e-11 * np.eye(ds.n_features))
+    np.testing.assert_array_equal(small == 0, norms == 0)
+    np.testing.assert_allclose(small, norms, rtol=1e-6)

@@ -12,6 +12,8 @@ from scipy.optimize import nnls
 from arml_core import reproduce as rp
 from arml_core.cli import main as cli_main
 from arml_core.data import load_dataset
+from arml_core.knn import MahalanobisKNN
+from arml_core.runs import cached_metric, run_key
 
 
 def _ldp_nnls(A, b):
@@ -119,8 +121,9 @@ def splice_run(shared_data_dir, tmp_path_factory):
     return root, meta
 
 
-def test_results_files_and_soundness(splice_run):
+def test_results_files_and_soundness(splice_run, shared_data_dir):
     root, meta = splice_run
+    shared = shared_data_dir
     d = root / "results" / "splice"
     for name in ("metrics_meta.json", "nn1_exact.csv", "knn11_certified.csv", "knn11_empirical.csv", "radii.csv"):
         assert (d / name).exists(), name
@@ -138,8 +141,11 @@ def test_results_files_and_soundness(splice_run):
         e = res.empirical[res.empirical.method == m]
         assert np.all(e.certified_same_points_pct >= e.robust_error_pct - 1e-9)
         # r = 0 of the empirical curve is the clean error of the attacked points
-        clean = meta["methods"][m]["clean_error"]["11"]
-        assert 0 <= clean <= 1
+        G, _ = cached_metric(root / "runs", "splice", m, rp._fit_settings(rp.make_plan("splice"), m), 60)
+        ds = load_dataset("splice", data_dir=shared, n_test=1000, seed=42)
+        wrong = MahalanobisKNN(G.T @ G, 11).fit(ds.X_train, ds.y_train).predict(ds.X_test[:40]) != ds.y_test[:40]
+        np.testing.assert_array_equal(emp[:40] == 0, wrong)
+        assert e.robust_error_pct.iloc[0] == pytest.approx(100 * wrong.mean())
     t = res.table("certified")
     assert list(t.index) == ["euclidean", "lfda"] and list(t.columns) == ["0", "0.1", "0.2", "0.3", "0.4", "0.5"]
     assert np.all(np.diff(t.to_numpy(), axis=1) >= 0)  # robust error grows with the radius
@@ -150,8 +156,66 @@ def test_summary_states_deviations_and_tables(splice_run):
     text = (root / "results" / "SUMMARY.md").read_text()
     assert "## splice" in text
     assert "first 40 of the 1000 test points" in text  # the attack subsample is stated
+    assert "not the paper's black-box Boundary Attack" in text
     assert "1-NN, exact robust error" in text and "11-NN: certified" in text
     assert "Wall time per stage" in text
+    # every Markdown table is well formed: as many cells in each row as in its header
+    blocks, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append(current)
+            current = []
+    assert len(blocks) >= 5
+    for block in blocks:
+        cells = [line.count("|") for line in block]
+        assert len(set(cells)) == 1, block[:3]
+        assert set(block[1].replace("|", "")) == {"-"}
+
+
+def test_a_different_metric_under_the_same_key_is_not_served_from_the_cache(splice_run, shared_data_dir, tmp_path):
+    """Stage files carry fingerprints of their metric and data: a changed metric recomputes."""
+    root, meta = splice_run
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    plan = rp.make_plan("splice", methods=["euclidean"], n_attack=40)
+    key = run_key("splice", "euclidean", rp._fit_settings(plan, "euclidean"))
+    G, saved = cached_metric(runs, "splice", "euclidean", rp._fit_settings(plan, "euclidean"), 60)
+    from arml_core.runs import store_metric
+
+    store_metric(runs, "splice", "euclidean", rp._fit_settings(plan, "euclidean"), 2.0 * np.diag(np.linspace(0.5, 1, 60)),
+                 0.0, saved["info"])
+    meta2 = rp.reproduce_dataset("splice", plan, data_dir=shared_data_dir, runs_dir=runs,
+                                 results_dir=tmp_path / "results", device="cpu")
+    assert meta2["methods"]["euclidean"]["cached"] == {"fit": True, "nn1": False, "knn11": False, "attack": False}
+    old = pd.read_csv(root / "results" / "splice" / "radii.csv")["euclidean.nn1_exact"]
+    new = pd.read_csv(tmp_path / "results" / "splice" / "radii.csv")["euclidean.nn1_exact"]
+    assert not np.allclose(old, new)
+    assert meta2["violations"] == []
+    # a metric fitted on other data is refitted
+    store_metric(runs, "splice", "euclidean", rp._fit_settings(plan, "euclidean"), np.eye(60), 0.0,
+                 {"data_fingerprint": "something else"})
+    meta3 = rp.reproduce_dataset("splice", plan, data_dir=shared_data_dir, runs_dir=runs,
+                                 results_dir=tmp_path / "results", device="cpu")
+    assert meta3["methods"]["euclidean"]["cached"]["fit"] is False
+    assert key in meta3["methods"]["euclidean"]["fit_key"]
+
+
+def test_a_partial_rerun_leaves_no_stale_table(splice_run, shared_data_dir, tmp_path):
+    root, _ = splice_run
+    plan = rp.make_plan("splice", methods=["euclidean"], n_attack=40)
+    rp.reproduce_dataset("splice", plan, data_dir=shared_data_dir, runs_dir=root / "runs",
+                         results_dir=tmp_path / "r", device="cpu")
+    assert (tmp_path / "r" / "splice" / "knn11_empirical.csv").exists()
+    plan = rp.make_plan("splice", methods=["euclidean"], stages=["fit", "nn1"])
+    meta = rp.reproduce_dataset("splice", plan, data_dir=shared_data_dir, runs_dir=root / "runs",
+                                results_dir=tmp_path / "r", device="cpu")
+    assert not (tmp_path / "r" / "splice" / "knn11_empirical.csv").exists()
+    assert not (tmp_path / "r" / "splice" / "knn11_certified.csv").exists()
+    assert not any("Boundary Attack" in d for d in meta["deviations"])  # no attack, no attack deviation
 
 
 def test_a_violation_is_reported(splice_run, monkeypatch, shared_data_dir):
@@ -161,12 +225,34 @@ def test_a_violation_is_reported(splice_run, monkeypatch, shared_data_dir):
 
     real = certify.certified_radii
     monkeypatch.setattr(certify, "certified_radii", lambda *a, **k: real(*a, **k) * 50 + 1.0)
-    plan = rp.make_plan("splice", profile="cpu", methods=["euclidean"], n_attack=10)
-    meta = rp.reproduce_dataset("splice", plan, data_dir=shared_data_dir, runs_dir=root / "runs_bad",
-                                results_dir=root / "results_bad", device="cpu")
+    rc = cli_main(["reproduce", "--datasets", "splice", "--methods", "euclidean", "--n-attack", "10",
+                   "--data-dir", str(shared_data_dir), "--runs-dir", str(root / "runs_bad"),
+                   "--results-dir", str(root / "results_bad"), "--device", "cpu", "--quiet"])
+    assert rc == 1  # a violation fails the command
+    meta = rp.load_results("splice", root / "results_bad").meta
     assert any("certified radius above the attack norm" in v for v in meta["violations"])
     assert any("closed-form bounds above the exact radius" in v for v in meta["violations"])
     assert "SOUNDNESS VIOLATIONS" in rp.summary_markdown(root / "results_bad")
+
+
+def test_a_failing_method_is_recorded_and_the_others_go_on(splice_run, monkeypatch, shared_data_dir, tmp_path):
+    import arml_core.reproduce as mod
+
+    real = mod.fit_metric
+
+    def fit(ds, method, **kw):
+        if method == "lfda":
+            raise ValueError("diverged")
+        return real(ds, method, **kw)
+
+    monkeypatch.setattr(mod, "fit_metric", fit)
+    plan = rp.make_plan("splice", methods=["lfda", "euclidean"], stages=["fit", "nn1"])
+    meta = rp.reproduce_dataset("splice", plan, data_dir=shared_data_dir, runs_dir=tmp_path / "runs",
+                                results_dir=tmp_path / "r", device="cpu")
+    assert any("LFDA: fit failed" in f and "diverged" in f for f in meta["failures"])
+    table = pd.read_csv(tmp_path / "r" / "splice" / "nn1_exact.csv")
+    assert set(table.method) == {"euclidean"}
+    assert "Methods that failed" in rp.summary_markdown(tmp_path / "r")
 
 
 # ------------------------------------------------------------------ plans and bad input
@@ -175,7 +261,8 @@ def test_a_violation_is_reported(splice_run, monkeypatch, shared_data_dir):
 def test_plans():
     full = rp.make_plan("mnist", profile="full")
     assert full.reference_n_train is None and full.fit_n_train == {} and full.n_attack is None
-    assert full.deviations() == []
+    assert len(full.deviations()) == 1 and "Boundary Attack" in full.deviations()[0]  # the attack itself
+    assert rp.make_plan("mnist", profile="full", stages=["fit", "nn1"]).deviations() == []
     assert full.grid == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
     cpu = rp.make_plan("mnist", profile="cpu")
     devs = " ".join(cpu.deviations(60000, 3000))
@@ -190,6 +277,10 @@ def test_plans():
         rp.paper_grid("iris")
     with pytest.raises(ValueError, match="n_attack"):
         rp.make_plan("splice", n_attack=0)
+    with pytest.raises(ValueError, match="add the knn11 stage"):
+        rp.make_plan("splice", stages=["fit", "attack"])
+    gpu = rp.make_plan("mnist", profile="gpu")
+    assert gpu.reference_n_train is None and gpu.n_attack is None and gpu.fit_n_train["nca"] == 2000
 
 
 def test_cli_rejects_unknown_dataset_and_stage(tmp_path, capsys):
