@@ -172,7 +172,8 @@ class _NeighbourIndex:
             self._rebuild(G)
             return self._take(self.X @ G.T, self.pos_list)[0], self._take(self.X @ G.T, self.neg_list)[0]
         Z = self.X @ G.T
-        s = torch.linalg.svdvals((G @ self.G_ref_inv).double()).min().to(G.dtype)
+        sv = torch.linalg.svdvals((G @ self.G_ref_inv).double())  # one SVD for both bounds below
+        s = sv.min().to(G.dtype)
         pos, pos_far = self._take(Z, self.pos_list)
         neg, neg_far = self._take(Z, self.neg_list)
         slack = 1.0 - 1e-5  # rounding in float32
@@ -186,7 +187,7 @@ class _NeighbourIndex:
         rows = torch.nonzero(bad).flatten()
         pi, pt, ni, nt = self._search(Z, rows)
         # thresholds under G -> under G_ref: ||G_ref v|| >= ||G v|| / sigma_max(G G_ref^{-1})
-        back = 1.0 / torch.linalg.svdvals((G @ self.G_ref_inv).double()).max().to(pt.dtype)
+        back = 1.0 / sv.max().to(pt.dtype)
         self.pos_list[rows], self.neg_list[rows] = pi, ni
         self.pos_out[rows], self.neg_out[rows] = pt * back, nt * back
         self.n_partial_searches += 1
@@ -343,8 +344,10 @@ class ARML(MahalanobisMixin, TransformerMixin, BaseEstimator):
                 loss.backward()
                 opt.step()
                 total = total + loss.detach() * len(idx)
-            value = float(total) / len(order)
-            ok = np.isfinite(value) and bool(torch.isfinite(G).all())
+            # one device->host transfer per epoch: the loss and whether G is finite
+            total_v, g_finite = torch.stack([total, torch.isfinite(G).all().to(total.dtype)]).tolist()
+            value = total_v / len(order)
+            ok = np.isfinite(value) and bool(g_finite)
             if not ok:
                 with torch.no_grad():
                     G.copy_(last_good)
