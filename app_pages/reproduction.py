@@ -51,7 +51,8 @@ for f in meta.get("failures", []):
 for d in meta.get("deviations", []):
     st.warning(f"Deviation from the protocol: {d}")
 with st.expander("What the paper claims, judged on these numbers", expanded=True):
-    st.table(pd.DataFrame({"claim": list(claims(res)), "here": list(claims(res).values())}).set_index("claim"))
+    judged = claims(res)
+    st.table(pd.DataFrame({"claim": list(judged), "here": list(judged.values())}).set_index("claim"))
 
 paper_grid = ", ".join(f"{g:g}" for g in meta["grid"])
 text = st.text_input("Radius grid (the paper's by default; a display choice)", paper_grid, key=f"r_grid_{name}")

@@ -606,8 +606,8 @@ def summary_markdown(results_dir="results") -> str:
     if not datasets:
         return "\n".join(parts + ["No results yet."]) + "\n"
     overview = []
-    for name in datasets:
-        res = load_results(name, results_dir)
+    loaded = {name: load_results(name, results_dir) for name in datasets}  # each folder read once
+    for name, res in loaded.items():
         c = claims(res)
         total = sum(sum(v for v in m.get("stage_s", {}).values()) for m in res.meta["methods"].values())
         overview.append([name, res.meta.get("device", "?"), f"{total / 60:.1f}",
@@ -618,8 +618,7 @@ def summary_markdown(results_dir="results") -> str:
     parts += ["## Overview", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     parts += ["| " + " | ".join(map(str, r)) + " |" for r in overview]
     parts.append("")
-    for name in datasets:
-        res = load_results(name, results_dir)
+    for name, res in loaded.items():
         m = res.meta
         parts += [f"## {name}", "",
                   f"{m.get('description', '')}  ",
