@@ -13,12 +13,12 @@ import numpy as np
 import streamlit as st
 
 from arml_core import data
-from arml_core._device import device_label
-from arml_core.evaluate import fit_metric, radii_for
+from arml_core.device import device_label
+from arml_core.evaluation import fit_metric, radii_for
 from arml_core.knn import MahalanobisKNN
 from arml_core.learners import LEARNERS
 from arml_core.plots import display_name
-from arml_core.runs import cached_metric, run_key, store_metric
+from arml_core.persistence import cached_metric, run_key, store_metric
 
 RUNS_DIR = os.environ.get("ARML_RUNS_DIR", "runs")
 MAX_UPLOAD_MB = 50
@@ -241,7 +241,7 @@ def radii(ds, sel, method, rec, K):
 @st.cache_data(show_spinner=False, max_entries=32)
 def attack_norms_cached(_ds: data.Dataset, ds_key: str, method: str, G_bytes: bytes, G_shape, K: int,
                         attack_method: str):
-    from arml_core.attacks import attack
+    from arml_core.robustness import attack
 
     G = np.frombuffer(G_bytes).reshape(G_shape)
     res = attack(_ds.X_train, _ds.y_train, _ds.X_test, _ds.y_test, G.T @ G, K, method=attack_method)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from arml_core.exact import minimal_perturbations
+from arml_core.robustness import minimal_perturbations
 from arml_core.explore import decision_grid_2d, decision_grid_slice, slice_directions
 from arml_core.plots import decision_boundary_figure, display_name, slice_figure
 from app_pages._shared import sidebar, current_dataset, explain, knn_for, radii, require_trained

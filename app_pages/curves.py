@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from arml_core.evaluate import parse_grid, robust_error_curve
+from arml_core.evaluation import parse_grid
+from arml_core.metric import robust_error_curve
 from arml_core.plots import display_name, robust_error_figure
 from app_pages._shared import attack_norms, current_dataset, explain, radii, require_trained, sidebar
 

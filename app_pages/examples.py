@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from arml_core.attacks import attack
-from arml_core.exact import minimal_perturbations
+from arml_core.robustness import attack
+from arml_core.robustness import minimal_perturbations
 from arml_core.explore import neighbours
 from arml_core.plots import display_name, feature_bar_figure, image_triplet_figure
 from app_pages._shared import sidebar, current_dataset, explain, knn_for, radii, require_trained

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from arml_core.evaluate import parse_grid
+from arml_core.evaluation import parse_grid
 from arml_core.pairwise import (certified_pair_radii, pair_attack, pair_attack_grid, pair_bounds, resolve_gamma,
                                 sample_pairs, success_rate_curve)
 from arml_core.plots import display_name, image_triplet_figure, pair_distance_figure, pair_success_figure

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from arml_core.evaluate import parse_grid, robust_error_curve
+from arml_core.evaluation import parse_grid
+from arml_core.metric import robust_error_curve
 from arml_core.plots import display_name, robust_error_figure
-from arml_core.reproduce import claims, load_results, results_datasets
+from arml_core.evaluation.summary import claims, load_results, results_datasets
 from app_pages._shared import sidebar
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from arml_core.io import load_metric, metric_to_bytes
+from arml_core.persistence import load_metric, metric_to_bytes
 from arml_core.plots import clean_error_figure, display_name, loss_curve_figure, robust_error_figure
 from app_pages._shared import (sidebar, ARML_DEFAULTS, current_dataset, explain, knn_for, put_metric, radii,
                            trained, train)

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from . import data
-from .evaluate import evaluate, fit_metric, parse_grid
-from .io import load_metric, save_metric
+from .evaluation.evaluate import evaluate, fit_metric, parse_grid
 from .learners import LEARNERS
+from .persistence import load_metric, save_metric
 
 
 class _Progress:
@@ -169,8 +169,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from . import reproduce as rp
-    from ._device import resolve_device
+    from .device import resolve_device
+    from .evaluation import reproduce as rp
+    from .evaluation import summary
 
     prog = _Progress(args.quiet)
 
@@ -212,10 +213,10 @@ def cmd_reproduce(args) -> int:
             warn(f"SOUNDNESS VIOLATION on {name}: {v}")
         (failed if meta["violations"] or meta["failures"] else done).append(name)
     if done or any((Path(args.results_dir) / n / "metrics_meta.json").exists() for n in names):
-        path = rp.write_summary(args.results_dir)
+        path = summary.write_summary(args.results_dir)
         print(f"wrote {path}")
     for name in done:
-        res = rp.load_results(name, args.results_dir)
+        res = summary.load_results(name, args.results_dir)
         for which in ("nn1", "certified", "empirical"):
             t = res.table(which)
             if t is not None:

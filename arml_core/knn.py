@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from ._device import resolve_device
+from .device import resolve_device
 from .metric import check_metric, components_from_metric
 
 _BATCH_ELEMENTS = 2**24  # test x train entries held at once

@@ -85,7 +85,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import validate_data
 
-from ._device import resolve_device
+from .device import resolve_device
 from .learners import MahalanobisMixin, _check_labels, mark_diverged
 
 __all__ = [

@@ -6,7 +6,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from .evaluate import robust_error_curve
+from .metric import robust_error_curve
 
 PALETTE = {
     "euclidean": "#636363", "nca": "#1f77b4", "lmnn": "#ff7f0e", "itml": "#2ca02c",

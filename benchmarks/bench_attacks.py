@@ -7,7 +7,7 @@
 Full pendigits training set, the first ``--n-test`` points of the test split shuffled with
 ``random_state=42`` (ARML protocol), two metrics: Euclidean and ARML (trained here with
 ``ARML(random_state=42, n_epochs=--arml-epochs)``, or read from ``--metric``: an ``.npz``
-written by ``arml_core.io.save_metric`` or an ``.npy`` holding ``M``).  For each metric:
+written by ``arml_core.persistence.save_metric`` or an ``.npy`` holding ``M``).  For each metric:
 
 * the ``region`` attack on every test point, the decision-based black-box attacks
   (``boundary``, ``hopskipjump``) on the first ``--n-boundary`` points (they are slow);
@@ -43,7 +43,7 @@ def timed(fn, *args, **kw):
 def load_metric_file(path: str, D: int) -> np.ndarray:
     p = Path(path)
     if p.suffix == ".npz":
-        from arml_core.io import load_metric
+        from arml_core.persistence import load_metric
 
         G, _ = load_metric(p, n_features=D)
         return G.T @ G
@@ -102,8 +102,8 @@ def main():
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    from arml_core.attacks import ATTACKS, attack
-    from arml_core.certify import certified_radii
+    from arml_core.robustness.attacks import ATTACKS, attack
+    from arml_core.robustness.certify import certified_radii
     from arml_core.knn import MahalanobisKNN
 
     bad = [m for m in methods if m not in ATTACKS]

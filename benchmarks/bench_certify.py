@@ -22,8 +22,8 @@ from _common import ROOT, load_or_skip, machine, table
 def speed(args):
     import torch
 
-    from arml_core.certify import certified_radii
-    from arml_core.runs import cached_metric
+    from arml_core.robustness.certify import certified_radii
+    from arml_core.persistence import cached_metric
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,7 +75,7 @@ sys.path.insert(0, {str(__import__('_common').ROOT)!r})
 from _common import load_or_skip
 ds = load_or_skip({args.memory!r}, n_test={args.n_test})
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-from arml_core.certify import certified_radii
+from arml_core.robustness.certify import certified_radii
 r = certified_radii(ds.X_train, ds.y_train, ds.X_test, ds.y_test, np.eye(ds.n_features), 11, device='cpu')
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(f"{{len(ds.X_train)}} {{len(ds.X_test)}} {{base/1024:.0f}} {{peak/1024:.0f}} {{np.mean(r):.4f}}")

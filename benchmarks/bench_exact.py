@@ -21,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from arml_core._device import device_label  # noqa: E402
-from arml_core.exact import minimal_perturbations, verify_perturbations  # noqa: E402
+from arml_core.device import device_label  # noqa: E402
+from arml_core.robustness.exact import minimal_perturbations, verify_perturbations  # noqa: E402
 
 DATA_DIR = "/work/shared/data"
 

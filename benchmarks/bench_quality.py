@@ -25,9 +25,10 @@ def main():
     p.add_argument("--device", default="auto")
     p.add_argument("--runs-dir", default=str(ROOT / "runs"))
     a = p.parse_args()
-    from arml_core.evaluate import fit_metric, parse_grid, radii_for, robust_error_curve
+    from arml_core.evaluation.evaluate import fit_metric, parse_grid, radii_for
+    from arml_core.metric import robust_error_curve
     from arml_core.knn import MahalanobisKNN
-    from arml_core.runs import cached_metric, store_metric
+    from arml_core.persistence import cached_metric, store_metric
 
     ds = load_or_skip("pendigits", n_test=1000)
     grid = parse_grid(a.grid)

@@ -211,7 +211,8 @@ def test_reproduction_page_without_results_says_how_to_make_them(app, tmp_path, 
 
 
 def test_reproduction_page_shows_tables_curves_and_deviations(app, tmp_path, monkeypatch):
-    from arml_core import reproduce as rp
+    from arml_core.evaluation import reproduce as rp
+    from arml_core.evaluation import summary
 
     plan = rp.make_plan("digits", methods=["euclidean", "lfda"], n_attack=8, grid=[0, 0.5, 1, 1.5])
     rp.reproduce_dataset("digits", plan, runs_dir=tmp_path / "runs_r", results_dir=tmp_path / "results",
@@ -226,7 +227,7 @@ def test_reproduction_page_shows_tables_curves_and_deviations(app, tmp_path, mon
     assert {"Euclidean (exact)", "LFDA (exact)", "Euclidean (certified)", "LFDA (empirical)"} <= names
     # the 1-NN table equals the written CSV
     shown = at.dataframe[0].value  # the first table: 1-NN
-    csv = rp.load_results("digits", tmp_path / "results").table("nn1").round(1)
+    csv = summary.load_results("digits", tmp_path / "results").table("nn1").round(1)
     np.testing.assert_allclose(shown.loc["LFDA", ["0", "0.5", "1", "1.5"]].to_numpy(dtype=float),
                                csv.loc["lfda"].to_numpy(dtype=float))
     # a bad grid is a message, not a traceback

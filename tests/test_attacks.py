@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from arml_core.attacks import (
+from arml_core.robustness.attacks import (
     ATTACKS,
     AttackResult,
     BoundaryAttack,
@@ -22,8 +22,8 @@ from arml_core.attacks import (
     empirical_robust_error,
     make_attack,
 )
-from arml_core.certify import certified_radii
-from arml_core.exact import minimal_perturbations
+from arml_core.robustness.certify import certified_radii
+from arml_core.robustness.exact import minimal_perturbations
 from arml_core.knn import MahalanobisKNN
 from arml_core.metric import components_from_metric
 
@@ -344,7 +344,7 @@ def test_foolbox_seeded_and_no_global_rng_side_effect():
 
 def test_unverified_points_are_failures(monkeypatch):
     """An attack output that does not flip the real classifier never counts as a success."""
-    import arml_core.attacks as A
+    import arml_core.robustness.attacks as A
 
     X, y, Xt, yt = _two_blobs(seed=5, n_test=6)
 

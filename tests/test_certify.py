@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from arml_core.certify import certified_radii, certified_radii_bruteforce
+from arml_core.robustness.certify import certified_radii, certified_radii_bruteforce
 from arml_core.knn import MahalanobisKNN
 
 

@@ -7,9 +7,10 @@ import pytest
 
 from arml_core.cli import main
 from arml_core.data import load_dataset
-from arml_core.evaluate import evaluate, parse_grid, robust_error_curve
-from arml_core.io import load_metric, metric_to_bytes, save_metric
-from arml_core.runs import cached_metric, store_metric
+from arml_core.evaluation.evaluate import evaluate, parse_grid
+from arml_core.metric import robust_error_curve
+from arml_core.persistence import load_metric, metric_to_bytes, save_metric
+from arml_core.persistence import cached_metric, store_metric
 
 
 def test_robust_error_curve_counts_radii_at_most_r():

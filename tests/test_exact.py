@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from arml_core.exact import ConvergenceError, minimal_perturbations, verify_perturbations
+from arml_core.robustness.exact import ConvergenceError, minimal_perturbations, verify_perturbations
 from arml_core.knn import MahalanobisKNN
 
 

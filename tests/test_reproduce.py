@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 from scipy.optimize import nnls
 
-from arml_core import reproduce as rp
+from arml_core.evaluation import reproduce as rp
+from arml_core.evaluation import summary
 from arml_core.cli import main as cli_main
 from arml_core.data import load_dataset
 from arml_core.knn import MahalanobisKNN
-from arml_core.runs import cached_metric, run_key
+from arml_core.persistence import cached_metric, run_key
 
 
 def _ldp_nnls(A, b):
@@ -117,7 +118,7 @@ def splice_run(shared_data_dir, tmp_path_factory):
     plan = rp.make_plan("splice", profile="cpu", methods=["euclidean", "lfda"], n_attack=40)
     meta = rp.reproduce_dataset("splice", plan, data_dir=shared_data_dir, runs_dir=root / "runs",
                                 results_dir=root / "results", device="cpu")
-    rp.write_summary(root / "results")
+    summary.write_summary(root / "results")
     return root, meta
 
 
@@ -128,7 +129,7 @@ def test_results_files_and_soundness(splice_run, shared_data_dir):
     for name in ("metrics_meta.json", "nn1_exact.csv", "knn11_certified.csv", "knn11_empirical.csv", "radii.csv"):
         assert (d / name).exists(), name
     assert meta["violations"] == []
-    res = rp.load_results("splice", root / "results")
+    res = summary.load_results("splice", root / "results")
     radii = res.radii
     for m in ("euclidean", "lfda"):
         exact, bound = radii[f"{m}.nn1_exact"], radii[f"{m}.nn1_bound"]
@@ -184,7 +185,7 @@ def test_a_different_metric_under_the_same_key_is_not_served_from_the_cache(spli
     plan = rp.make_plan("splice", methods=["euclidean"], n_attack=40)
     key = run_key("splice", "euclidean", rp._fit_settings(plan, "euclidean"))
     G, saved = cached_metric(runs, "splice", "euclidean", rp._fit_settings(plan, "euclidean"), 60)
-    from arml_core.runs import store_metric
+    from arml_core.persistence import store_metric
 
     store_metric(runs, "splice", "euclidean", rp._fit_settings(plan, "euclidean"), 2.0 * np.diag(np.linspace(0.5, 1, 60)),
                  0.0, saved["info"])
@@ -221,7 +222,7 @@ def test_a_partial_rerun_leaves_no_stale_table(splice_run, shared_data_dir, tmp_
 def test_a_violation_is_reported(splice_run, monkeypatch, shared_data_dir):
     """A certified radius above an attack norm must be flagged, not averaged away."""
     root, _ = splice_run
-    import arml_core.certify as certify
+    import arml_core.robustness.certify as certify
 
     real = certify.certified_radii
     monkeypatch.setattr(certify, "certified_radii", lambda *a, **k: real(*a, **k) * 50 + 1.0)
@@ -229,14 +230,14 @@ def test_a_violation_is_reported(splice_run, monkeypatch, shared_data_dir):
                    "--data-dir", str(shared_data_dir), "--runs-dir", str(root / "runs_bad"),
                    "--results-dir", str(root / "results_bad"), "--device", "cpu", "--quiet"])
     assert rc == 1  # a violation fails the command
-    meta = rp.load_results("splice", root / "results_bad").meta
+    meta = summary.load_results("splice", root / "results_bad").meta
     assert any("certified radius above the attack norm" in v for v in meta["violations"])
     assert any("closed-form bounds above the exact radius" in v for v in meta["violations"])
-    assert "SOUNDNESS VIOLATIONS" in rp.summary_markdown(root / "results_bad")
+    assert "SOUNDNESS VIOLATIONS" in summary.summary_markdown(root / "results_bad")
 
 
 def test_a_failing_method_is_recorded_and_the_others_go_on(splice_run, monkeypatch, shared_data_dir, tmp_path):
-    import arml_core.reproduce as mod
+    import arml_core.evaluation.reproduce as mod
 
     real = mod.fit_metric
 
@@ -252,7 +253,7 @@ def test_a_failing_method_is_recorded_and_the_others_go_on(splice_run, monkeypat
     assert any("LFDA: fit failed" in f and "diverged" in f for f in meta["failures"])
     table = pd.read_csv(tmp_path / "r" / "splice" / "nn1_exact.csv")
     assert set(table.method) == {"euclidean"}
-    assert "Methods that failed" in rp.summary_markdown(tmp_path / "r")
+    assert "Methods that failed" in summary.summary_markdown(tmp_path / "r")
 
 
 # ------------------------------------------------------------------ plans and bad input
@@ -299,13 +300,13 @@ def test_cli_skips_missing_data_with_a_message(tmp_path, capsys):
 
 def test_load_results_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="reproduce --datasets splice"):
-        rp.load_results("splice", tmp_path)
+        summary.load_results("splice", tmp_path)
     (tmp_path / "splice").mkdir()
     (tmp_path / "splice" / "metrics_meta.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        rp.load_results("splice", tmp_path)
-    assert rp.results_datasets(tmp_path / "nowhere") == []
-    assert "No results yet" in rp.summary_markdown(tmp_path / "nowhere")
+        summary.load_results("splice", tmp_path)
+    assert summary.results_datasets(tmp_path / "nowhere") == []
+    assert "No results yet" in summary.summary_markdown(tmp_path / "nowhere")
 
 
 def test_corrupt_stage_cache_is_recomputed(tmp_path):

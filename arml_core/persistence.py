@@ -1,12 +1,23 @@
-"""Saving and loading learned metrics: ``<name>.npz`` (components) + ``<name>.json`` (metadata)."""
+"""Learned metrics on disk: one file format and the ``runs/`` cache built on it.
+
+* :func:`save_metric` / :func:`load_metric`: ``<name>.npz`` (the components ``G`` and
+  the metadata as JSON text, no pickles) with a readable ``<name>.json`` beside it;
+  :func:`metric_to_bytes` for downloads. Every write is atomic (write beside, rename).
+* :func:`run_key`, :func:`cached_metric`, :func:`store_metric`: the cache of learned
+  metrics under ``runs/`` (``$ARML_RUNS_DIR``), keyed by data set, method and fit
+  settings, shared by the app, the CLI and ``reproduce``. A corrupt or stale file is
+  reported with a warning and ignored, never raised.
+"""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import platform
 import tempfile
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -89,3 +100,27 @@ def load_metric(source, *, n_features: int | None = None) -> tuple[np.ndarray, d
             f"{meta.get('dataset', 'unknown')!r}) but the data have {n_features}"
         )
     return G, meta
+
+def run_key(dataset: str, method: str, settings: dict) -> str:
+    blob = json.dumps({"dataset": dataset, "method": method, **settings}, sort_keys=True, default=str)
+    return f"{dataset}__{method}__{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def cached_metric(runs_dir, dataset: str, method: str, settings: dict, n_features: int):
+    """(components, metadata) of a saved run, or None. A corrupt or stale file is
+    reported with a warning and ignored, never raised."""
+    path = Path(runs_dir) / (run_key(dataset, method, settings) + ".npz")
+    if not path.exists():
+        return None
+    try:
+        return load_metric(path, n_features=n_features)
+    except ValueError as exc:
+        warnings.warn(f"ignoring the saved run {path.name}: {exc}", stacklevel=2)
+        return None
+
+
+def store_metric(runs_dir, dataset: str, method: str, settings: dict, components: np.ndarray,
+                 fit_time: float, info: dict | None = None) -> Path:
+    path = Path(runs_dir) / (run_key(dataset, method, settings) + ".npz")
+    return save_metric(path, components, dataset=dataset, method=method, params=settings,
+                       seed=settings.get("seed"), fit_time=fit_time, extra={"info": info or {}})

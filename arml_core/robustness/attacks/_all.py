@@ -105,11 +105,11 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from ._device import resolve_device
-from ._validation import check_box, check_train_test
-from .exact import ConvergenceError, _ldp, minimal_perturbations
-from .knn import MahalanobisKNN, check_n_neighbors, pairwise_sq_dists
-from .metric import check_metric
+from ...device import resolve_device
+from ..._validation import check_box, check_train_test
+from ..exact import ConvergenceError, _ldp, minimal_perturbations
+from ...knn import MahalanobisKNN, check_n_neighbors, pairwise_sq_dists
+from ...metric import check_metric
 
 __all__ = [
     "AttackResult",
@@ -971,7 +971,7 @@ class _RegionSolver:
     def _solve_cvxpy(self, x, rs, rq, inv, hn, best):
         import cvxpy as cp
 
-        from .exact import _clarabel_solve
+        from ..exact import _clarabel_solve
 
         box = self.prob.box
         dim = self.C.shape[1]

@@ -15,11 +15,13 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .certify import certified_radii
-from .data import Dataset
-from .exact import minimal_perturbations
-from .knn import MahalanobisKNN, check_n_neighbors
-from .learners import LEARNERS, make_learner
+from ..data import Dataset
+from ..knn import MahalanobisKNN, check_n_neighbors
+from ..learners import LEARNERS, make_learner
+from ..metric import metric_from_components, robust_error_curve
+from ..robustness.certify import certified_radii
+from ..robustness.exact import minimal_perturbations
+from .summary import paper_layout
 
 ProgressFn = Callable[[str, float, str], None]  # (stage, fraction in [0, 1], message)
 
@@ -40,20 +42,6 @@ def parse_grid(text: str | Sequence[float]) -> np.ndarray:
     if not np.all(np.isfinite(grid)) or np.any(grid < 0):
         raise ValueError(f"radii must be finite and non-negative, got {values}")
     return np.unique(grid)
-
-
-def robust_error_curve(radii, grid) -> np.ndarray:
-    """Fraction of points with radius ``<= r`` for each ``r`` in ``grid``."""
-    radii = np.asarray(radii, dtype=float)
-    grid = np.asarray(grid, dtype=float)
-    if radii.size == 0:
-        raise ValueError("no radii: the test set is empty")
-    if np.any(np.isnan(radii)):
-        raise ValueError(
-            f"{int(np.isnan(radii).sum())} radii are NaN (a solver did not converge); "
-            "a robust error cannot be computed from them"
-        )
-    return (radii[None, :] <= grid[:, None]).mean(axis=1)
 
 
 def radii_for(dataset: Dataset, M, n_neighbors: int, *, device: str = "auto",
@@ -114,10 +102,7 @@ class Evaluation:
         t = self.tidy()
         emp = t.kind.str.startswith("empirical")
         t = t[emp] if empirical else t[~emp]
-        wide = t.pivot(index="method", columns="radius", values="robust_error") * 100
-        wide = wide.reindex([m for m in self.results])
-        wide.columns = [f"{c:g}" for c in wide.columns]
-        return wide.round(1)
+        return (paper_layout(t, "robust_error", self.results) * 100).round(1)
 
 
 def fit_metric(dataset: Dataset, method: str, *, params: dict | None = None, device: str = "auto",
@@ -174,7 +159,7 @@ def evaluate(dataset: Dataset, methods: Sequence[str], n_neighbors: int, grid, *
         else:
             G, fit_time, info = fit_metric(dataset, name, params=params.get(name), device=device,
                                            progress=progress)
-        M = G.T @ G
+        M = metric_from_components(G)
         knn = MahalanobisKNN(M, n_neighbors=K, device=device).fit(dataset.X_train, dataset.y_train)
         clean = float(np.mean(knn.predict(dataset.X_test) != dataset.y_test))
         start = time.perf_counter()
@@ -183,7 +168,7 @@ def evaluate(dataset: Dataset, methods: Sequence[str], n_neighbors: int, grid, *
         radii, kind = radii_for(dataset, M, K, device=device, box=box, progress=cb)
         res = MethodResult(name, G, radii, kind, clean, fit_time, time.perf_counter() - start, info)
         if empirical:
-            from .attacks import attack
+            from ..robustness.attacks import attack
 
             if progress is not None:
                 progress(f"{name}: {empirical} attack", 0.0, f"{len(dataset.X_test)} test points")

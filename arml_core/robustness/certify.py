@@ -27,10 +27,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._device import resolve_device
-from ._validation import check_train_test
-from .knn import MahalanobisKNN, check_n_neighbors, pairwise_sq_dists
-from .metric import check_metric, components_from_metric
+from ..device import resolve_device
+from .._validation import check_train_test
+from ..knn import MahalanobisKNN, check_n_neighbors, pairwise_sq_dists
+from ..metric import check_metric, components_from_metric
 
 METHODS = ("pruned", "cached", "naive")
 _ZERO_DENOM = 1e-12  # c_pn below this (relative to the largest) means M (p - n) = 0

@@ -20,7 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._device import resolve_device
+from ..device import resolve_device
 
 LOSSES = ("neg", "hinge", "exp", "logistic")
 DEFAULT_RANDOM_STATE = 42
@@ -455,7 +455,7 @@ def make_learner(name: str, **params):
             params.setdefault("random_state", DEFAULT_RANDOM_STATE)
             return ARML(**params)
         if key == "spectral":
-            from .pairwise import SpectralDefence  # imported lazily: pairwise imports this module
+            from ..pairwise import SpectralDefence  # imported lazily: pairwise imports this module
 
             params.setdefault("random_state", DEFAULT_RANDOM_STATE)
             return SpectralDefence(**params)

@@ -452,7 +452,7 @@ def validate_for_k(dataset: Dataset, K: int) -> int:
 
     Returns ``K`` as an int; raises ``ValueError`` with an actionable message.
     """
-    from .knn import check_n_neighbors  # lazy: keeps torch out of data-only imports
+    from ..knn import check_n_neighbors  # lazy: keeps torch out of data-only imports
 
     return check_n_neighbors(K, dataset.y_train)
 

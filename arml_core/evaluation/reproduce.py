@@ -42,18 +42,18 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ._device import resolve_device
-from .data import Dataset, load_dataset
-from .evaluate import fit_metric, robust_error_curve
-from .knn import MahalanobisKNN
-from .learners import LEARNERS
-from .runs import cached_metric, run_key, store_metric
+from ..data import Dataset, load_dataset
+from ..device import resolve_device
+from ..knn import MahalanobisKNN
+from ..learners import LEARNERS
+from ..metric import metric_from_components, robust_error_curve
+from ..persistence import cached_metric, run_key, store_metric
+from .evaluate import fit_metric
+from .summary import K_PAPER, PAPER_DATASETS
 
-PAPER_DATASETS = ("splice", "pendigits", "satimage", "usps", "mnist", "fashion-mnist")
 PAPER_METHODS = ("euclidean", "nca", "lmnn", "itml", "lfda", "arml")
 GRID_STEP = {"splice": 0.1, "pendigits": 0.1, "satimage": 0.15, "usps": 0.5, "mnist": 0.5,
              "fashion-mnist": 0.5}
-K_PAPER = 11
 N_TEST = 1000
 SEED = 42
 STAGES = ("fit", "nn1", "knn11", "attack")
@@ -256,9 +256,9 @@ def reproduce_dataset(dataset: str, plan: Plan, *, data_dir=None, runs_dir="runs
     A method that cannot be fitted, or a stage that fails (a solver that does not
     converge), is recorded in ``meta['failures']`` and the run goes on; a soundness
     violation is recorded in ``meta['violations']``."""
-    from .attacks import attack
-    from .certify import certified_radii
-    from .exact import minimal_perturbations, verify_perturbations
+    from ..robustness.attacks import attack
+    from ..robustness.certify import certified_radii
+    from ..robustness.exact import minimal_perturbations, verify_perturbations
 
     say = progress or (lambda *a: None)
     stages = plan.stages
@@ -332,7 +332,7 @@ def reproduce_dataset(dataset: str, plan: Plan, *, data_dir=None, runs_dir="runs
                 f"scatter), so it was fitted in the {info['projected_rank']}-dimensional principal subspace "
                 "(learners.LFDA).")
         m_meta["stage_s"]["fit"] = fit_s
-        M = G.T @ G
+        M = metric_from_components(G)
         stamp = {"version": STAGE_VERSION, "data": data_sha, "metric": fingerprint(G)}
 
         clean = {}
@@ -473,207 +473,3 @@ def _n_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-# --------------------------------------------------------------------------- reading results
-
-
-@dataclass
-class DatasetResults:
-    """One data set's ``results/<dataset>/`` read back."""
-
-    dataset: str
-    meta: dict
-    nn1: pd.DataFrame | None
-    certified: pd.DataFrame | None
-    empirical: pd.DataFrame | None
-    radii: pd.DataFrame | None
-
-    @property
-    def methods(self) -> list[str]:
-        return list(self.meta.get("methods", {}))
-
-    def table(self, which: str) -> pd.DataFrame | None:
-        """Paper layout: rows = methods, columns = radii, robust error in %.
-        ``which``: 'nn1', 'certified' or 'empirical'."""
-        df = {"nn1": self.nn1, "certified": self.certified, "empirical": self.empirical}[which]
-        if df is None or df.empty:
-            return None
-        wide = df.pivot(index="method", columns="radius", values="robust_error_pct")
-        wide = wide.reindex([m for m in self.methods if m in wide.index])
-        wide.columns = [f"{c:g}" for c in wide.columns]
-        return wide
-
-    def per_point(self, stage: str) -> dict[str, np.ndarray]:
-        """method -> radii of ``stage`` ('nn1_exact', 'nn1_bound', 'knn11_certified',
-        'knn11_empirical'; the empirical ones only on the attacked points)."""
-        if self.radii is None:
-            return {}
-        out = {}
-        for m in self.methods:
-            col = f"{m}.{stage}"
-            if col in self.radii:
-                v = self.radii[col].to_numpy(dtype=float)
-                out[m] = v[~np.isnan(v)] if stage.endswith("empirical") else v
-        return out
-
-
-def results_datasets(results_dir="results") -> list[str]:
-    """Data sets with a complete-enough ``results/<dataset>/metrics_meta.json``, paper order first."""
-    root = Path(results_dir)
-    if not root.is_dir():
-        return []
-    found = [p.parent.name for p in root.glob("*/metrics_meta.json")]
-    return sorted(found, key=lambda n: (PAPER_DATASETS.index(n) if n in PAPER_DATASETS else 99, n))
-
-
-def load_results(dataset: str, results_dir="results") -> DatasetResults:
-    """Read ``results/<dataset>/``; a missing table is None, a malformed file raises ValueError."""
-    d = Path(results_dir) / dataset
-    meta_path = d / "metrics_meta.json"
-    if not meta_path.exists():
-        raise FileNotFoundError(f"no results for {dataset!r} in {Path(results_dir).resolve()} "
-                                f"(run: python -m arml_core reproduce --datasets {dataset})")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path} is not valid JSON: {exc}") from None
-    K = meta.get("K", K_PAPER)
-
-    def read(name, required=("method", "radius", "robust_error_pct")):
-        p = d / name
-        if not p.exists():
-            return None
-        df = pd.read_csv(p)
-        missing = [c for c in required if c not in df.columns]
-        if missing:
-            raise ValueError(f"{p} lacks the columns {missing}")
-        return df
-
-    return DatasetResults(dataset, meta, read("nn1_exact.csv"), read(f"knn{K}_certified.csv"),
-                          read(f"knn{K}_empirical.csv"), read("radii.csv", required=()))
-
-
-# --------------------------------------------------------------------------- the summary
-
-
-def claims(res: DatasetResults) -> dict[str, str]:
-    """The paper's claims, judged on this data set's tables: 'holds', 'fails: ...' or 'n/a'."""
-    out = {}
-    for which, label in (("certified", f"ARML lowest certified K={res.meta.get('K', K_PAPER)} robust error at every radius r > 0"),
-                         ("nn1", "ARML lowest exact 1-NN robust error at every radius r > 0")):
-        t = res.table(which)
-        if t is None or "arml" not in t.index or len(t.index) < 2:
-            out[label] = "n/a"
-            continue
-        others = t.drop(index="arml").min(axis=0)
-        worse = [c for c in t.columns[1:] if t.loc["arml", c] > others[c] + 1e-9]
-        out[label] = "holds" if not worse else f"fails at r = {', '.join(worse)}"
-    K = str(res.meta.get("K", K_PAPER))
-    clean = {m: v["clean_error"][K] for m, v in res.meta.get("methods", {}).items() if "clean_error" in v}
-    label = f"ARML clean {K}-NN error minus the best method's (points)"
-    out[label] = f"{100 * (clean['arml'] - min(clean.values())):+.1f}" if "arml" in clean and len(clean) > 1 else "n/a"
-    t = res.table("certified")
-    for m in ("nca", "lmnn"):
-        label = f"{LEARNERS[m]} less robust than Euclidean (certified K={res.meta.get('K', K_PAPER)}, r > 0)"
-        if t is None or m not in t.index or "euclidean" not in t.index:
-            out[label] = "n/a"
-            continue
-        cols = t.columns[1:]
-        worse = [c for c in cols if t.loc[m, c] > t.loc["euclidean", c] + 1e-9]
-        out[label] = f"holds at {len(worse)} of {len(cols)} radii"
-    return out
-
-
-def _md_table(df: pd.DataFrame, index_name: str = "method", fmt="{:.1f}") -> str:
-    cols = [index_name] + list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for idx, row in df.iterrows():
-        cells = [LEARNERS.get(idx, idx)] + [fmt.format(v) if isinstance(v, (float, np.floating)) and np.isfinite(v)
-                                              else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def summary_markdown(results_dir="results") -> str:
-    datasets = results_datasets(results_dir)
-    parts = ["# Reproduction of the ARML paper's evaluation", "",
-             "Written by `python -m arml_core reproduce` (`make reproduce`) from the files in this folder; "
-             "do not edit by hand. Robust errors are in %, on the first 1000 test points after "
-             "`shuffle(random_state=42)` unless a deviation says otherwise. 1-NN: exact minimal perturbations "
-             "(each verified, so exact = certified = empirical). K = 11: the certified lower bound (left) and the "
-             "region attack (right).", ""]
-    if not datasets:
-        return "\n".join(parts + ["No results yet."]) + "\n"
-    overview = []
-    loaded = {name: load_results(name, results_dir) for name in datasets}  # each folder read once
-    for name, res in loaded.items():
-        c = claims(res)
-        total = sum(sum(v for v in m.get("stage_s", {}).values()) for m in res.meta["methods"].values())
-        overview.append([name, res.meta.get("device", "?"), f"{total / 60:.1f}",
-                         "none" if not res.meta.get("violations") else f"**{len(res.meta['violations'])}**"]
-                        + list(c.values()))
-        claim_names = list(c)
-    head = ["data set", "device", "compute (min)", "soundness violations"] + claim_names
-    parts += ["## Overview", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    parts += ["| " + " | ".join(map(str, r)) + " |" for r in overview]
-    parts.append("")
-    for name, res in loaded.items():
-        m = res.meta
-        parts += [f"## {name}", "",
-                  f"{m.get('description', '')}  ",
-                  f"Training points: {m['n_train']} (of {m['n_train_full']}); test points: {m['n_test']}; "
-                  f"K = {m['K']}; grid: {', '.join(f'{g:g}' for g in m['grid'])}; profile `{m['profile']}`; "
-                  f"device: {m['device']}.", ""]
-        if m.get("deviations"):
-            parts += ["**Deviations from the protocol:**", ""] + [f"- {d}" for d in m["deviations"]] + [""]
-        if m.get("failures"):
-            parts += ["**Methods that failed (no rows below):**", ""] + [f"- {d}" for d in m["failures"]] + [""]
-        clean = pd.DataFrame({mm: {"clean 1-NN": 100 * v["clean_error"]["1"],
-                                   f"clean {m['K']}-NN": 100 * v["clean_error"][str(m["K"])]}
-                              for mm, v in m["methods"].items() if "clean_error" in v}).T
-        t1 = res.table("nn1")
-        if t1 is not None:
-            parts += [f"**1-NN, exact robust error (%)** ({m['n_test']} points)", "",
-                      _md_table(pd.concat([clean[["clean 1-NN"]], t1], axis=1)), ""]
-            ties = {mm: v["nn1_ties"] for mm, v in m["methods"].items() if v.get("nn1_ties")}
-            if ties:
-                parts += ["r = 0 exceeds the clean error where a correctly classified point is equidistant "
-                          "(to round-off) from its nearest same-class and other-class training points: its "
-                          "minimal perturbation is 0 (an arbitrarily small step flips it). Such points: "
-                          + ", ".join(f"{LEARNERS.get(k, k)} {v}" for k, v in ties.items()) + ".", ""]
-        tc, te = res.table("certified"), res.table("empirical")
-        if tc is not None:
-            both = tc.copy()
-            if te is not None:
-                both[""] = ""  # a blank column between the two blocks
-                emp = te.copy()
-                emp.columns = [f"{c} (emp.)" for c in emp.columns]
-                both = pd.concat([both, emp], axis=1)
-            n_att = m.get("n_attack") or m["n_test"]
-            parts += [f"**{m['K']}-NN: certified (left, {m['n_test']} points) | empirical, region attack "
-                      f"(right, {n_att} points) robust error (%)**", "", _md_table(both), ""]
-            if te is not None and n_att < m["n_test"]:
-                same = res.empirical.pivot(index="method", columns="radius", values="certified_same_points_pct")
-                same = same.reindex([x for x in res.methods if x in same.index])
-                same.columns = [f"{c:g}" for c in same.columns]
-                parts += [f"Certified robust error (%) on the same {n_att} attacked points:", "",
-                          _md_table(same), ""]
-        stage = pd.DataFrame({mm: v.get("stage_s", {}) for mm, v in m["methods"].items()}).T
-        if not stage.empty:
-            parts += ["Wall time per stage (s; a stage loaded from `runs/` shows the time it took when computed):",
-                      "", _md_table(stage), ""]
-        checks = m.get("checks", {})
-        if m.get("violations"):
-            parts += ["**SOUNDNESS VIOLATIONS (bugs):**", ""] + [f"- {v}" for v in m["violations"]] + [""]
-        elif checks:
-            parts += [f"Checks passed: {len(checks)} (every exact 1-NN perturbation verified, the closed-form "
-                      "bound never above it; the certified K-NN radius never above the attack's norm).", ""]
-    return "\n".join(parts) + "\n"
-
-
-def write_summary(results_dir="results") -> Path:
-    path = Path(results_dir) / "SUMMARY.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(summary_markdown(results_dir))
-    return path

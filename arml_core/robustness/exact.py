@@ -62,11 +62,11 @@ from scipy.optimize import nnls
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-from ._device import resolve_device
-from ._validation import check_box as _check_box
-from ._validation import check_train_test
-from .knn import MahalanobisKNN, pairwise_sq_dists
-from .metric import check_metric, components_from_metric
+from ..device import resolve_device
+from .._validation import check_box as _check_box
+from .._validation import check_train_test
+from ..knn import MahalanobisKNN, pairwise_sq_dists
+from ..metric import check_metric, components_from_metric
 
 __all__ = ["ConvergenceError", "minimal_perturbations", "verify_perturbations", "SOLVERS"]
 
