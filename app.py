@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_pages._shared import init_state
+from app_pages._shared import init_state, sidebar
 
 st.set_page_config(page_title="ARML Explorer", page_icon=":material/shield:", layout="wide")
 
@@ -23,4 +23,6 @@ PAGES = [
 ]
 
 init_state()
-st.navigation(PAGES).run()  # each page draws the shared sidebar (pages._shared.sidebar)
+page = st.navigation(PAGES)
+sidebar()  # drawn once, here, for every page
+page.run()

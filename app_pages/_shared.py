@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 
 import numpy as np
 import streamlit as st
@@ -16,6 +15,7 @@ from arml_core import data
 from arml_core.device import device_label
 from arml_core.evaluation import fit_metric, radii_for
 from arml_core.knn import MahalanobisKNN
+from arml_core.metric import metric_from_components
 from arml_core.learners import LEARNERS
 from arml_core.plots import display_name
 from arml_core.persistence import cached_metric, run_key, store_metric
@@ -52,6 +52,11 @@ def init_state() -> dict:
         ss["metrics"] = {}
         ss["upload"] = None
     return ss["sel"]
+
+
+def selection() -> dict:
+    """The shared selection (the sidebar, drawn by app.py, keeps it up to date)."""
+    return init_state()
 
 
 def _copy(widget_key: str, field: str):
@@ -230,7 +235,7 @@ def require_trained(ds, sel) -> dict:
 @st.cache_data(show_spinner=False, max_entries=64)
 def radii_cached(_ds: data.Dataset, ds_key: str, method: str, G_bytes: bytes, G_shape, K: int):
     G = np.frombuffer(G_bytes).reshape(G_shape)
-    return radii_for(_ds, G.T @ G, K)
+    return radii_for(_ds, metric_from_components(G), K)
 
 
 def radii(ds, sel, method, rec, K):
@@ -244,7 +249,8 @@ def attack_norms_cached(_ds: data.Dataset, ds_key: str, method: str, G_bytes: by
     from arml_core.robustness import attack
 
     G = np.frombuffer(G_bytes).reshape(G_shape)
-    res = attack(_ds.X_train, _ds.y_train, _ds.X_test, _ds.y_test, G.T @ G, K, method=attack_method)
+    res = attack(_ds.X_train, _ds.y_train, _ds.X_test, _ds.y_test, metric_from_components(G), K,
+                 method=attack_method)
     return np.asarray(res.norms, dtype=float)
 
 
@@ -254,8 +260,7 @@ def attack_norms(ds, sel, method, rec, K, attack_method="region"):
 
 
 def knn_for(ds, rec, K) -> MahalanobisKNN:
-    G = np.asarray(rec["G"])
-    return MahalanobisKNN(G.T @ G, n_neighbors=int(K)).fit(ds.X_train, ds.y_train)
+    return MahalanobisKNN(metric_from_components(rec["G"]), n_neighbors=int(K)).fit(ds.X_train, ds.y_train)
 
 
 def explain(title: str, latex: str, text: str) -> None:
@@ -263,14 +268,3 @@ def explain(title: str, latex: str, text: str) -> None:
         st.latex(latex)
         st.write(text)
 
-
-def timed(label: str):
-    class _T:
-        def __enter__(self):
-            self.t = time.perf_counter()
-            return self
-
-        def __exit__(self, *a):
-            st.caption(f"{label}: {time.perf_counter() - self.t:.2f} s")
-
-    return _T()

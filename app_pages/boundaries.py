@@ -4,12 +4,13 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from arml_core.metric import metric_from_components
 from arml_core.robustness import minimal_perturbations
 from arml_core.explore import decision_grid_2d, decision_grid_slice, slice_directions
 from arml_core.plots import decision_boundary_figure, display_name, slice_figure
-from app_pages._shared import sidebar, current_dataset, explain, knn_for, radii, require_trained
+from app_pages._shared import selection, current_dataset, explain, knn_for, radii, require_trained
 
-sel = sidebar()
+sel = selection()
 st.title("Decision boundaries")
 explain("decision regions",
         r"f(x) = \operatorname{majority}\{\,y_j : x_j \in \mathrm{KNN}_M(x)\,\},\qquad d_M(a,b) = (a-b)^\top M (a-b)",
@@ -44,9 +45,7 @@ else:
     method = c2.selectbox("Metric of the adversarial direction", list(recs), format_func=display_name, key="b_m")
     second = c3.selectbox("Second direction", ["random", "pca"] + [f"feature:{i}" for i in range(ds.n_features)],
                           key="b_second")
-    rec = recs[method]
-    G = rec["G"]
-    M = G.T @ G
+    M = metric_from_components(recs[method]["G"])
     with st.spinner("exact minimal perturbation of this point (1-NN)…"):
         norms, deltas = minimal_perturbations(ds.X_train, ds.y_train, ds.X_test[idx:idx + 1],
                                               ds.y_test[idx:idx + 1], M)

@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from arml_core.evaluation import parse_grid
+from arml_core.evaluation import parse_grid, robust_error_table
 from arml_core.metric import robust_error_curve
 from arml_core.plots import display_name, robust_error_figure
-from app_pages._shared import attack_norms, current_dataset, explain, radii, require_trained, sidebar
+from app_pages._shared import attack_norms, current_dataset, explain, radii, require_trained, selection
 
-sel = sidebar()
+sel = selection()
 st.title("Robustness curves")
 explain("robust error",
         r"\mathrm{err}(r) = \frac{1}{n}\,\bigl|\{\,i : \epsilon_i \le r\,\}\bigr|",
@@ -53,15 +53,12 @@ if K == 1 and attack_method != "none":
 st.plotly_chart(robust_error_figure(all_radii, kind_by_method=kinds, empirical_by_method=empirical or None,
                                     grid=np.linspace(0, max(grid.max(), 1e-6), 201)), key="c_curve")
 kind = "Exact" if K == 1 else "Certified"
-table = pd.DataFrame({f"{g:g}": [100 * robust_error_curve(all_radii[m], [g])[0] for m in recs] for g in grid},
-                     index=[display_name(m) for m in recs]).round(1)
+table = robust_error_table(all_radii, grid, label=display_name).round(1)
 st.subheader(f"{kind} robust error (%) of {K}-NN, {len(ds.X_test)} test points")
 st.dataframe(table, key="c_table")
 if empirical:
     st.subheader(f"Empirical robust error (%), {attack_method} attack")
-    st.dataframe(pd.DataFrame({f"{g:g}": [100 * robust_error_curve(empirical[m], [g])[0] for m in empirical]
-                               for g in grid}, index=[display_name(m) for m in empirical]).round(1),
-                 key="c_table_emp")
+    st.dataframe(robust_error_table(empirical, grid, label=display_name).round(1), key="c_table_emp")
 tidy = pd.DataFrame([{"dataset": ds.name, "method": m, "K": K, "kind": kind_, "radius": float(g),
                       "robust_error": float(robust_error_curve(r_, [g])[0])}
                      for m in recs

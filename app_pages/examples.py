@@ -5,13 +5,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from arml_core.robustness import attack
-from arml_core.robustness import minimal_perturbations
-from arml_core.explore import neighbours
+from arml_core.explore import adversarial_example, neighbours
+from arml_core.metric import metric_from_components
 from arml_core.plots import display_name, feature_bar_figure, image_triplet_figure
-from app_pages._shared import sidebar, current_dataset, explain, knn_for, radii, require_trained
+from app_pages._shared import selection, current_dataset, explain, knn_for, radii, require_trained
 
-sel = sidebar()
+sel = selection()
 st.title("Adversarial examples")
 explain("a single adversarial example",
         r"\epsilon^*(x)=\min_\delta \lVert\delta\rVert_2 \;\;\text{s.t.}\;\; f(x+\delta)\neq y",
@@ -26,8 +25,7 @@ names = [str(c) for c in ds.classes]
 
 method = st.selectbox("Metric", list(recs), format_func=display_name, key="e_method")
 rec = recs[method]
-G = rec["G"]
-M = G.T @ G
+M = metric_from_components(rec["G"])
 r, kind = radii(ds, sel, method, rec, K)
 knn = knn_for(ds, rec, K)
 pred = knn.predict_encoded(ds.X_test)
@@ -57,26 +55,16 @@ if pred[idx] != y:
     st.stop()
 
 box = st.checkbox("Keep the adversarial point inside [0, 1]^D", value=False, key="e_box")
-if K == 1:
-    with st.spinner("solving the exact minimal perturbation…"):
-        norms, deltas = minimal_perturbations(ds.X_train, ds.y_train, ds.X_test[idx:idx + 1],
-                                              ds.y_test[idx:idx + 1], M, box=(0.0, 1.0) if box else None)
-    delta, norm, how_found = deltas[0], float(norms[0]), "exact"
-else:
-    with st.spinner("region attack (white-box) on this point…"):
-        res = attack(ds.X_train, ds.y_train, ds.X_test[idx:idx + 1], ds.y_test[idx:idx + 1], M, K,
-                     method="region", box=(0.0, 1.0) if box else None)
-    if not res.success[0] or not np.isfinite(res.norms[0]):
-        st.error("The attack found no adversarial point for this test point.")
+with st.spinner("solving the exact minimal perturbation…" if K == 1 else "region attack (white-box) on this point…"):
+    try:
+        adv = adversarial_example(ds.X_train, ds.y_train, x, y, M, K, box=(0.0, 1.0) if box else None)
+    except ValueError as exc:
+        st.error(str(exc))
         st.stop()
-    delta, norm, how_found = res.X_adv[0] - x, float(res.norms[0]), "region attack"
-if not np.isfinite(norm):
-    st.error("No adversarial point exists inside the box for this test point.")
-    st.stop()
-x_adv = x + delta * (1 + 1e-4)  # just past the boundary
+norm, x_adv = adv.norm, adv.x_adv
 after = neighbours(knn, x_adv)
 flipped = after.prediction != y
-c[3].metric(f"Perturbation ({how_found})", f"{norm:.4f}")
+c[3].metric(f"Perturbation ({adv.how})", f"{norm:.4f}")
 (st.success if flipped else st.error)(
     f"x + δ is classified as **{names[after.prediction]}** (true {names[y]}): the prediction "
     f"{'flips' if flipped else 'does NOT flip'}; ||δ|| = {norm:.4f}, {kind} radius {r[idx]:.4f}.")

@@ -9,9 +9,9 @@ from arml_core.evaluation import parse_grid
 from arml_core.pairwise import (certified_pair_radii, pair_attack, pair_attack_grid, pair_bounds, resolve_gamma,
                                 sample_pairs, success_rate_curve)
 from arml_core.plots import display_name, image_triplet_figure, pair_distance_figure, pair_success_figure
-from app_pages._shared import current_dataset, dataset_key, explain, require_trained, sidebar
+from app_pages._shared import current_dataset, dataset_key, explain, require_trained, selection
 
-sel = sidebar()
+sel = selection()
 st.title("Pairwise attacks")
 explain("similarity decisions under attack",
         r"\text{similar} \iff D(x_i,x_j)=\lVert Wx_i-Wx_j\rVert^2\le\gamma,\qquad"

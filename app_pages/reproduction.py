@@ -8,15 +8,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from arml_core.evaluation import parse_grid
-from arml_core.metric import robust_error_curve
+from arml_core.evaluation import parse_grid, robust_error_table
 from arml_core.plots import display_name, robust_error_figure
 from arml_core.evaluation.summary import claims, load_results, results_datasets
-from app_pages._shared import sidebar
 
 ROOT = Path(__file__).resolve().parents[1]
 
-sidebar()  # keeps the shared selection alive across pages
 st.title("Paper reproduction")
 st.caption("The ARML paper's evaluation (six data sets, six methods) redone from the raw data by "
            "`make reproduce`. This page only reads its outputs; it trains nothing.")
@@ -66,8 +63,7 @@ fine = np.linspace(0, max(float(grid.max()), 1e-6), 201)
 
 
 def _table(radii_by_method: dict) -> pd.DataFrame:
-    return pd.DataFrame({f"{g:g}": [100 * robust_error_curve(r, [g])[0] for r in radii_by_method.values()]
-                         for g in grid}, index=[display_name(m) for m in radii_by_method]).round(1)
+    return robust_error_table(radii_by_method, grid, label=display_name).round(1)
 
 
 tab1, tabk = st.tabs(["1-NN (exact)", f"{K}-NN (certified and empirical)"])

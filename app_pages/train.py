@@ -7,12 +7,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from arml_core.evaluation import clean_error
+from arml_core.metric import metric_from_components
 from arml_core.persistence import load_metric, metric_to_bytes
 from arml_core.plots import clean_error_figure, display_name, loss_curve_figure, robust_error_figure
-from app_pages._shared import (sidebar, ARML_DEFAULTS, current_dataset, explain, knn_for, put_metric, radii,
+from app_pages._shared import (selection, ARML_DEFAULTS, current_dataset, explain, put_metric, radii,
                            trained, train)
 
-sel = sidebar()
+sel = selection()
 st.title("Train & compare")
 explain("training",
         r"\min_G \; \frac{1}{N}\sum_i \ell\!\left(\frac{d_M(x_i,n_i)-d_M(x_i,p_i)}{2\lVert M(p_i-n_i)\rVert_2}\right),"
@@ -54,8 +56,7 @@ if not have:
 rows, curves, kinds, cleans = [], {}, {}, {}
 for m, rec in have.items():
     r, kind = radii(ds, sel, m, rec, K)
-    knn = knn_for(ds, rec, K)
-    cleans[m] = float(np.mean(knn.predict(ds.X_test) != ds.y_test))
+    cleans[m] = clean_error(ds, metric_from_components(rec["G"]), K)
     curves[m], kinds[m] = r, kind
     rows.append({"method": display_name(m), "clean error (%)": round(100 * cleans[m], 1),
                  "median radius": float(np.median(r)), "fit time (s)": round(rec["fit_time"], 2),

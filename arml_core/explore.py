@@ -1,6 +1,11 @@
-"""Computations behind the app's pictures: decision regions on a grid (in 2-D, or on a
-2-D slice through a test point) and the neighbours of a point before and after a
-perturbation."""
+"""Computations behind the app's pictures, so that its pages only draw.
+
+Decision regions on a grid (:func:`decision_grid_2d`, or on a 2-D slice through a test
+point, :func:`slice_directions` / :func:`decision_grid_slice`), the neighbours of a
+point (:func:`neighbours`) and one point's adversarial example
+(:func:`adversarial_example`: exact for 1-NN, the region attack for K-NN; ARML_NOTES
+sections 5 and 7).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -115,3 +120,42 @@ def neighbours(knn: MahalanobisKNN, x) -> NeighbourTable:
     d2, idx = knn.kneighbors(np.asarray(x, float)[None, :])
     labels = knn.y_train_[idx[0]]
     return NeighbourTable(idx[0], labels, np.sqrt(d2[0]), int(knn.predict_encoded(np.asarray(x, float)[None, :])[0]))
+
+
+@dataclass
+class AdversarialExample:
+    """One test point's adversarial example: ``x_adv = x + (1 + PAST) delta`` lies just past
+    the decision boundary; ``how`` says where ``delta`` comes from ('exact': the minimal
+    1-NN perturbation; 'region attack': the K-NN region attack, an upper bound)."""
+
+    x: np.ndarray
+    delta: np.ndarray
+    norm: float
+    how: str
+    x_adv: np.ndarray
+
+
+PAST = 1e-4  # how far past the boundary (relative to ||delta||) the shown adversarial point lies
+
+
+def adversarial_example(X_train, y_train, x, y, M, n_neighbors: int, *, box=None,
+                        device: str = "auto") -> AdversarialExample:
+    """The adversarial example of one correctly classified point ``x`` (label ``y``) under
+    Mahalanobis K-NN: the exact minimal perturbation for K = 1, the region attack for
+    K > 1. ValueError with a readable message when there is none (no attack success, or
+    none inside ``box``)."""
+    from .robustness import attack, minimal_perturbations
+
+    x = np.asarray(x, dtype=float)
+    X1, y1 = x[None, :], np.asarray([y])
+    if int(n_neighbors) == 1:
+        norms, deltas = minimal_perturbations(X_train, y_train, X1, y1, M, box=box, device=device)
+        delta, norm, how = deltas[0], float(norms[0]), "exact"
+    else:
+        res = attack(X_train, y_train, X1, y1, M, int(n_neighbors), method="region", box=box, device=device)
+        if not res.success[0] or not np.isfinite(res.norms[0]):
+            raise ValueError("The attack found no adversarial point for this test point.")
+        delta, norm, how = res.X_adv[0] - x, float(res.norms[0]), "region attack"
+    if not np.isfinite(norm):
+        raise ValueError("No adversarial point exists inside the box for this test point.")
+    return AdversarialExample(x, delta, norm, how, x + delta * (1 + PAST))

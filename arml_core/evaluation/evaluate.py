@@ -1,9 +1,13 @@
-"""Robust-error curves and the end-to-end evaluation of (dataset, method, K, grid).
+"""The end-to-end evaluation of (data set, methods, K, radius grid).
 
-For K = 1 the radii are the exact minimal perturbations (``exact``); for K > 1 they
-are the certified lower bounds (``certify``). The robust error at radius ``r`` is the
-fraction of test points whose radius is ``<= r`` (ARML_NOTES section 2), so the value
-at ``r = 0`` is the clean error.
+:func:`fit_metric` fits one learner; :func:`radii_for` gives every test point its
+radius, exact for K = 1 (:mod:`arml_core.robustness.exact`) and the certified lower
+bound for K > 1 (:mod:`arml_core.robustness.certify`); :func:`evaluate` does both
+for several methods (optionally with an attack) and returns an :class:`Evaluation`
+(tidy and paper-layout tables). :func:`clean_error`, :func:`misclassified` and
+:func:`robust_error_table` are the one place the CLI, ``reproduce`` and the app
+compute those. Robust error at ``r``: ARML_NOTES section 2
+(:func:`arml_core.metric.robust_error_curve`).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from ..robustness.certify import certified_radii
 from ..robustness.exact import minimal_perturbations
 from .summary import paper_layout
 
-ProgressFn = Callable[[str, float, str], None]  # (stage, fraction in [0, 1], message)
+StageProgress = Callable[[str, float, str], None]  # (stage, fraction in [0, 1], message)
 
 
 def parse_grid(text: str | Sequence[float]) -> np.ndarray:
@@ -42,6 +46,27 @@ def parse_grid(text: str | Sequence[float]) -> np.ndarray:
     if not np.all(np.isfinite(grid)) or np.any(grid < 0):
         raise ValueError(f"radii must be finite and non-negative, got {values}")
     return np.unique(grid)
+
+
+def misclassified(dataset: Dataset, M, n_neighbors: int, *, device: str = "auto") -> np.ndarray:
+    """Per test point: does K-NN under ``M`` (None: Euclidean) get it wrong?"""
+    knn = MahalanobisKNN(M, n_neighbors=n_neighbors, device=device).fit(dataset.X_train, dataset.y_train)
+    return knn.predict(dataset.X_test) != dataset.y_test
+
+
+def clean_error(dataset: Dataset, M, n_neighbors: int, *, device: str = "auto") -> float:
+    """The fraction of test points K-NN under ``M`` misclassifies (the robust error at r = 0
+    for the exact and empirical radii; the certified error at 0 can be larger)."""
+    return float(np.mean(misclassified(dataset, M, n_neighbors, device=device)))
+
+
+def robust_error_table(radii_by_method: dict, grid, *, label: Callable[[str], str] = str) -> pd.DataFrame:
+    """Robust error in % in the paper's layout: one row per method (named by ``label``),
+    one column per radius of ``grid`` (``f"{r:g}"``), from per-point radii (exact,
+    certified or an attack's norms)."""
+    grid = np.atleast_1d(np.asarray(grid, dtype=float))
+    return pd.DataFrame({f"{g:g}": [100 * robust_error_curve(r, [g])[0] for r in radii_by_method.values()]
+                         for g in grid}, index=[label(m) for m in radii_by_method])
 
 
 def radii_for(dataset: Dataset, M, n_neighbors: int, *, device: str = "auto",
@@ -106,7 +131,7 @@ class Evaluation:
 
 
 def fit_metric(dataset: Dataset, method: str, *, params: dict | None = None, device: str = "auto",
-               progress: ProgressFn | None = None) -> tuple[np.ndarray, float, dict]:
+               progress: StageProgress | None = None) -> tuple[np.ndarray, float, dict]:
     """Fit one learner on the training split: (components, seconds, info)."""
     params = dict(params or {})
     key = method.lower()
@@ -140,7 +165,7 @@ def fit_metric(dataset: Dataset, method: str, *, params: dict | None = None, dev
 
 def evaluate(dataset: Dataset, methods: Sequence[str], n_neighbors: int, grid, *,
              metrics: dict[str, np.ndarray] | None = None, params: dict[str, dict] | None = None,
-             device: str = "auto", box=None, progress: ProgressFn | None = None,
+             device: str = "auto", box=None, progress: StageProgress | None = None,
              empirical: str | None = None, attack_settings: dict | None = None) -> Evaluation:
     """Fit (unless ``metrics[method]`` gives its components) and evaluate each method.
 
@@ -160,8 +185,7 @@ def evaluate(dataset: Dataset, methods: Sequence[str], n_neighbors: int, grid, *
             G, fit_time, info = fit_metric(dataset, name, params=params.get(name), device=device,
                                            progress=progress)
         M = metric_from_components(G)
-        knn = MahalanobisKNN(M, n_neighbors=K, device=device).fit(dataset.X_train, dataset.y_train)
-        clean = float(np.mean(knn.predict(dataset.X_test) != dataset.y_test))
+        clean = clean_error(dataset, M, K, device=device)
         start = time.perf_counter()
         stage = f"{name}: {'exact radii' if K == 1 else 'certifying'}"
         cb = None if progress is None else (lambda d, t, s=stage: progress(s, d / max(t, 1), f"{d}/{t} test points"))

@@ -44,11 +44,10 @@ import pandas as pd
 
 from ..data import Dataset, load_dataset
 from ..device import resolve_device
-from ..knn import MahalanobisKNN
 from ..learners import LEARNERS
 from ..metric import metric_from_components, robust_error_curve
 from ..persistence import cached_metric, run_key, store_metric
-from .evaluate import fit_metric
+from .evaluate import StageProgress, fit_metric, misclassified, parse_grid
 from .summary import K_PAPER, PAPER_DATASETS
 
 PAPER_METHODS = ("euclidean", "nca", "lmnn", "itml", "lfda", "arml")
@@ -74,8 +73,6 @@ CPU_FIT_N_TRAIN = {  # metric-learn baselines whose cost grows quadratically or 
 }
 CPU_N_ATTACK = {"splice": 200, "pendigits": 200, "satimage": 200, "usps": 100, "mnist": 100,
                 "fashion-mnist": 100}
-
-ProgressFn = Callable[[str, float, str], None]
 
 
 def paper_grid(dataset: str) -> np.ndarray:
@@ -159,8 +156,6 @@ def make_plan(dataset: str, *, profile: str = "cpu", methods: Sequence[str] = PA
     if grid is None:
         grid = paper_grid(dataset)
     else:
-        from .evaluate import parse_grid
-
         grid = parse_grid(grid)
     plan = Plan(dataset=dataset, profile=profile, methods=methods, grid=list(map(float, grid)), stages=stages)
     if profile in ("cpu", "gpu"):
@@ -245,23 +240,231 @@ def _subsample(ds: Dataset, n: int | None, seed: int) -> Dataset:
 # --------------------------------------------------------------------------- the run
 
 
-class SoundnessError(RuntimeError):
-    """A certified radius above an empirical one, or an exact perturbation that fails its check."""
+@dataclass
+class _Run:
+    """One data set's run: the data, the plan and what the stages have produced so far."""
+
+    dataset: str
+    plan: Plan
+    ds: Dataset
+    runs_dir: Path
+    device: str
+    say: StageProgress
+    eval_settings: dict
+    data_sha: str
+    n_attack: int
+    meta: dict
+    per_point: dict
+    rows: dict = field(default_factory=lambda: {"nn1": [], "knn11": [], "attack": []})
+    violations: list = field(default_factory=list)
+
+    @property
+    def K(self) -> int:
+        return self.plan.n_neighbors
+
+    @property
+    def grid(self) -> np.ndarray:
+        return np.asarray(self.plan.grid, dtype=float)
+
+    def failed(self, method: str, what: str, exc: Exception) -> None:
+        self.meta["failures"].append(f"{LEARNERS.get(method, method)}: {what} failed ({type(exc).__name__}: {exc})")
+        self.meta["methods"][method].setdefault("errors", []).append(f"{what}: {exc}")
+        self.say(f"{self.dataset}/{method}", 1.0, f"{what} FAILED: {exc}")
 
 
-def reproduce_dataset(dataset: str, plan: Plan, *, data_dir=None, runs_dir="runs", results_dir="results",
-                      device: str = "auto", progress: ProgressFn | None = None) -> dict:
-    """Run (or resume) one data set and write ``results/<dataset>/``. Returns the metadata.
+@dataclass
+class _Method:
+    """One method within a run: its metric, the clean errors and its stage records."""
 
-    A method that cannot be fitted, or a stage that fails (a solver that does not
-    converge), is recorded in ``meta['failures']`` and the run goes on; a soundness
-    violation is recorded in ``meta['violations']``."""
-    from ..robustness.attacks import attack
+    name: str
+    key: str
+    M: np.ndarray
+    stamp: dict
+    clean: dict  # k -> misclassified mask
+    meta: dict
+
+
+_STAGE_ERRORS = (ValueError, RuntimeError, ArithmeticError, np.linalg.LinAlgError)
+
+
+def _fit_stage(run: _Run, method: str) -> _Method | None:
+    """The learned metric of ``method``: from the cache when it was fitted on the same
+    data, else fitted and stored. None (a failure recorded) when it cannot be had."""
+    plan, ds, dataset = run.plan, run.ds, run.dataset
+    m_meta = run.meta["methods"].setdefault(method, {"stage_s": {}, "cached": {}})
+    settings = _fit_settings(plan, method)
+    key = run_key(dataset, method, settings)
+    fit_ds = _subsample(ds, plan.fit_n_train.get(method), plan.seed)
+    fit_sha = fingerprint(fit_ds.X_train, fit_ds.y_train)
+    hit = cached_metric(run.runs_dir, dataset, method, settings, ds.n_features)
+    if hit is not None and hit[1].get("info", {}).get("data_fingerprint") != fit_sha:
+        run.say(f"{dataset}/{method}", 0.0, "the cached metric was fitted on other data: refitting")
+        hit = None
+    if hit is None:
+        if "fit" not in plan.stages:
+            run.meta["failures"].append(f"{LEARNERS.get(method, method)}: no cached metric, and the fit stage "
+                                        "was not requested")
+            return None
+        run.say(f"{dataset}/{method}", 0.0, f"fitting on {len(fit_ds.y_train)} points")
+        try:
+            G, fit_s, info = fit_metric(fit_ds, method, params=plan.params.get(method), device=run.device,
+                                        progress=run.say)
+        except _STAGE_ERRORS as exc:  # one method, not the run
+            run.failed(method, "fit", exc)
+            return None
+        info = {k: v for k, v in info.items() if k != "loss_curve"}
+        info["data_fingerprint"] = fit_sha
+        store_metric(run.runs_dir, dataset, method, settings, G, fit_s, info)
+        m_meta["cached"]["fit"] = False
+    else:
+        G, saved = hit
+        fit_s, info = float(saved.get("fit_time_s") or 0.0), saved.get("info", {})
+        m_meta["cached"]["fit"] = True
+    m_meta.update(fit_key=key, fit_settings=settings, fit_n_train=int(len(fit_ds.y_train)),
+                  fit_info=info, rank=int(np.linalg.matrix_rank(G)))
+    if info.get("projected_rank"):
+        run.meta["deviations"].append(
+            f"{LEARNERS.get(method, method)}: metric-learn's solution was not finite (singular within-class "
+            f"scatter), so it was fitted in the {info['projected_rank']}-dimensional principal subspace "
+            "(learners.LFDA).")
+    m_meta["stage_s"]["fit"] = fit_s
+    M = metric_from_components(G)
+    clean = {k: misclassified(ds, M, k, device=run.device) for k in (1, run.K)}
+    m_meta["clean_error"] = {"1": float(clean[1].mean()), str(run.K): float(clean[run.K].mean())}
+    stamp = {"version": STAGE_VERSION, "data": run.data_sha, "metric": fingerprint(G)}
+    return _Method(method, key, M, stamp, clean, m_meta)
+
+
+# -- the evaluation stages: compute (cached under runs/), then check and record ------------------
+def _nn1_compute(run: _Run, m: _Method) -> dict:
     from ..robustness.certify import certified_radii
     from ..robustness.exact import minimal_perturbations, verify_perturbations
 
+    ds = run.ds
+    run.say(f"{run.dataset}/{m.name}", 0.0, "exact 1-NN radii")
+    norms, deltas = minimal_perturbations(ds.X_train, ds.y_train, ds.X_test, ds.y_test, m.M, device=run.device)
+    ok = verify_perturbations(ds.X_train, ds.y_train, ds.X_test, ds.y_test, m.M, norms, deltas, device=run.device)
+    bound = certified_radii(ds.X_train, ds.y_train, ds.X_test, ds.y_test, m.M, 1, device=run.device)
+    return {"exact": norms, "verified": ok, "bound": bound}
+
+
+def _nn1_record(run: _Run, m: _Method, a: dict) -> None:
+    exact, bound = a["exact"], a["bound"]
+    n_bad = int((~a["verified"]).sum())
+    n_above = int(np.sum(bound > exact * (1 + RADIUS_TOL) + 1e-12))
+    run.meta["checks"][f"{m.name}/nn1"] = {"unverified_perturbations": n_bad, "bound_above_exact": n_above}
+    if n_bad or n_above:
+        run.violations.append(f"{m.name} 1-NN: {n_bad} exact perturbations failed verification, "
+                              f"{n_above} closed-form bounds above the exact radius")
+    m.meta["nn1_ties"] = int(np.sum(~m.clean[1] & (exact == 0)))
+    run.per_point[f"{m.name}.nn1_exact"] = exact
+    run.per_point[f"{m.name}.nn1_bound"] = bound
+    run.rows["nn1"] += _rows(m.name, run.grid, exact, "exact")
+
+
+def _certify_compute(run: _Run, m: _Method) -> dict:
+    from ..robustness.certify import certified_radii
+
+    ds = run.ds
+    run.say(f"{run.dataset}/{m.name}", 0.0, f"certifying {run.K}-NN")
+    return {"radii": certified_radii(ds.X_train, ds.y_train, ds.X_test, ds.y_test, m.M, run.K, device=run.device)}
+
+
+def _certify_record(run: _Run, m: _Method, a: dict) -> None:
+    run.per_point[f"{m.name}.knn{run.K}_certified"] = a["radii"]
+    run.rows["knn11"] += _rows(m.name, run.grid, a["radii"], "certified")
+
+
+def _attack_compute(run: _Run, m: _Method) -> dict:
+    from ..robustness.attacks import attack
+
+    ds, n_att = run.ds, run.n_attack
+    run.say(f"{run.dataset}/{m.name}", 0.0, f"region attack on {n_att} points")
+    res = attack(ds.X_train, ds.y_train, ds.X_test[:n_att], ds.y_test[:n_att], m.M, run.K, method="region",
+                 device=run.device)
+    return {"norms": np.asarray(res.norms, dtype=float)}
+
+
+def _attack_record(run: _Run, m: _Method, a: dict) -> None:
+    K, n_att, grid = run.K, run.n_attack, run.grid
+    norms = a["norms"]
+    cert_r = run.per_point[f"{m.name}.knn{K}_certified"]
+    emp = np.full(len(run.ds.y_test), np.nan)
+    emp[:n_att] = norms
+    run.per_point[f"{m.name}.knn{K}_empirical"] = emp
+    above = cert_r[:n_att] > norms * (1 + RADIUS_TOL) + 1e-12
+    cert_err = robust_error_curve(cert_r[:n_att], grid)
+    emp_err = robust_error_curve(norms, grid)
+    # an attack reports 0 exactly for the points K-NN already misclassifies
+    zero_mismatch = int(np.sum((norms == 0) != m.clean[K][:n_att]))
+    run.meta["checks"][f"{m.name}/knn{K}"] = {
+        "certified_above_attack": int(above.sum()),
+        "attack_failures": int(np.isinf(norms).sum()),
+        "attack_zero_not_misclassified": zero_mismatch}
+    if above.any():
+        run.violations.append(f"{m.name} {K}-NN: certified radius above the attack norm at "
+                              f"{int(above.sum())} points")
+    if zero_mismatch:
+        run.violations.append(f"{m.name} {K}-NN: at r = 0 the attack disagrees with the clean error at "
+                              f"{zero_mismatch} points")
+    for r, e, c in zip(grid, emp_err, cert_err):
+        run.rows["attack"].append({"method": m.name, "radius": float(r), "robust_error_pct": 100 * float(e),
+                                   "n_points": int(n_att), "kind": "empirical (region attack)",
+                                   "certified_same_points_pct": 100 * float(c)})
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """An evaluation stage of the plan: what it computes (cached) and how it is recorded.
+
+    ``cache`` names its file under ``runs/`` and ``time_key`` / ``cached_key`` its entries
+    in the method's metadata (``{K}`` is replaced by K); ``label`` names it in a failure;
+    a ``required`` stage that fails ends the method's evaluation (the later stages need it)."""
+
+    name: str
+    cache: str
+    time_key: str
+    cached_key: str
+    label: str
+    compute: Callable[[_Run, _Method], dict]
+    record: Callable[[_Run, _Method, dict], None]
+    required: bool
+    extra_settings: Callable[[_Run], dict] = lambda run: {}
+
+
+EVALUATION_STAGES = (
+    _Stage("nn1", "nn1", "nn1", "nn1", "exact 1-NN", _nn1_compute, _nn1_record, required=False),
+    _Stage("knn11", "knn{K}", "knn{K}_certified", "knn{K}", "{K}-NN certification", _certify_compute,
+           _certify_record, required=True),
+    _Stage("attack", "attack{K}", "knn{K}_attack", "attack", "{K}-NN attack", _attack_compute, _attack_record,
+           required=True, extra_settings=lambda run: {"n_attack": run.n_attack}),
+)
+
+
+def _run_stage(run: _Run, m: _Method, stage: _Stage) -> bool:
+    """Compute (or load) one stage of one method and record it; False when it failed."""
+    K = run.K
+    path = _stage_path(run.runs_dir, m.key, stage.cache.format(K=K), {**run.eval_settings, **stage.extra_settings(run)})
+    try:
+        arrays, secs, cached = _cached_stage(path, lambda: stage.compute(run, m), m.stamp)
+    except _STAGE_ERRORS as exc:
+        run.failed(m.name, stage.label.format(K=K), exc)
+        return False
+    m.meta["stage_s"][stage.time_key.format(K=K)] = secs
+    m.meta["cached"][stage.cached_key.format(K=K)] = cached
+    stage.record(run, m, arrays)
+    return True
+
+
+def reproduce_dataset(dataset: str, plan: Plan, *, data_dir=None, runs_dir="runs", results_dir="results",
+                      device: str = "auto", progress: StageProgress | None = None) -> dict:
+    """Run (or resume) one data set and write ``results/<dataset>/``. Returns the metadata.
+
+    Per method: the fit (:func:`_fit_stage`), then the plan's stages of
+    :data:`EVALUATION_STAGES` in order. A method that cannot be fitted, or a stage that
+    fails (a solver that does not converge), is recorded in ``meta['failures']`` and the
+    run goes on; a soundness violation is recorded in ``meta['violations']``."""
     say = progress or (lambda *a: None)
-    stages = plan.stages
     runs_dir, out_dir = Path(runs_dir), Path(results_dir) / dataset
     runs_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
@@ -273,169 +476,37 @@ def reproduce_dataset(dataset: str, plan: Plan, *, data_dir=None, runs_dir="runs
     if min(np.bincount(np.unique(ds.y_train, return_inverse=True)[1])) < K:
         raise ValueError(f"{dataset}: a class has fewer than K = {K} training points")
     n_att = len(ds.y_test) if plan.n_attack is None else min(plan.n_attack, len(ds.y_test))
-    eval_settings = {"n_test": plan.n_test, "seed": plan.seed, "K": K,
-                     "reference_n_train": plan.reference_n_train or 0}
     data_sha = fingerprint(ds.X_train, ds.y_train, ds.X_test, ds.y_test)
     meta = {"dataset": dataset, "description": ds.description, "profile": plan.profile,
             "plan": asdict(plan), "n_train_full": int(len(full.y_train)), "n_train": int(len(ds.y_train)),
             "n_test": int(len(ds.y_test)), "n_features": int(ds.n_features), "K": K, "grid": list(map(float, grid)),
-            "n_attack": int(n_att) if "attack" in stages else 0, "device": _device_name(dev),
+            "n_attack": int(n_att) if "attack" in plan.stages else 0, "device": _device_name(dev),
             "host": platform.node(), "data_fingerprint": data_sha,
             "deviations": plan.deviations(len(full.y_train), len(ds.y_train)),
             "load_s": load_s, "methods": {}, "checks": {}, "failures": []}
-    per_point = {"label": ds.y_test}
-    rows = {"nn1": [], "knn11": [], "attack": []}
-    violations = []
-
-    def failed(method, what, exc):
-        meta["failures"].append(f"{LEARNERS.get(method, method)}: {what} failed ({type(exc).__name__}: {exc})")
-        meta["methods"][method].setdefault("errors", []).append(f"{what}: {exc}")
-        say(f"{dataset}/{method}", 1.0, f"{what} FAILED: {exc}")
-
-    stage_errors = (ValueError, RuntimeError, ArithmeticError, np.linalg.LinAlgError)
+    run = _Run(dataset, plan, ds, runs_dir, device, say,
+               eval_settings={"n_test": plan.n_test, "seed": plan.seed, "K": K,
+                              "reference_n_train": plan.reference_n_train or 0},
+               data_sha=data_sha, n_attack=n_att, meta=meta, per_point={"label": ds.y_test})
     for method in plan.methods:
-        m_meta = meta["methods"].setdefault(method, {"stage_s": {}, "cached": {}})
-        # 1. the metric (its cached copy must come from the same fit data)
-        settings = _fit_settings(plan, method)
-        key = run_key(dataset, method, settings)
-        fit_ds = _subsample(ds, plan.fit_n_train.get(method), plan.seed)
-        fit_sha = fingerprint(fit_ds.X_train, fit_ds.y_train)
-        hit = cached_metric(runs_dir, dataset, method, settings, ds.n_features)
-        if hit is not None and hit[1].get("info", {}).get("data_fingerprint") != fit_sha:
-            say(f"{dataset}/{method}", 0.0, "the cached metric was fitted on other data: refitting")
-            hit = None
-        if hit is None:
-            if "fit" not in stages:
-                meta["failures"].append(f"{LEARNERS.get(method, method)}: no cached metric, and the fit stage "
-                                        "was not requested")
-                continue
-            say(f"{dataset}/{method}", 0.0, f"fitting on {len(fit_ds.y_train)} points")
-            try:
-                G, fit_s, info = fit_metric(fit_ds, method, params=plan.params.get(method), device=device,
-                                            progress=progress)
-            except stage_errors as exc:  # one method, not the run
-                failed(method, "fit", exc)
-                continue
-            info = {k: v for k, v in info.items() if k != "loss_curve"}
-            info["data_fingerprint"] = fit_sha
-            store_metric(runs_dir, dataset, method, settings, G, fit_s, info)
-            m_meta["cached"]["fit"] = False
+        m = _fit_stage(run, method)
+        if m is None:
+            continue
+        for stage in EVALUATION_STAGES:
+            if stage.name in plan.stages and not _run_stage(run, m, stage) and stage.required:
+                break
         else:
-            G, saved = hit
-            fit_s, info = float(saved.get("fit_time_s") or 0.0), saved.get("info", {})
-            m_meta["cached"]["fit"] = True
-        m_meta.update(fit_key=key, fit_settings=settings, fit_n_train=int(len(fit_ds.y_train)),
-                      fit_info=info, rank=int(np.linalg.matrix_rank(G)))
-        if info.get("projected_rank"):
-            meta["deviations"].append(
-                f"{LEARNERS.get(method, method)}: metric-learn's solution was not finite (singular within-class "
-                f"scatter), so it was fitted in the {info['projected_rank']}-dimensional principal subspace "
-                "(learners.LFDA).")
-        m_meta["stage_s"]["fit"] = fit_s
-        M = metric_from_components(G)
-        stamp = {"version": STAGE_VERSION, "data": data_sha, "metric": fingerprint(G)}
+            say(f"{dataset}/{method}", 1.0, "done " + ", ".join(f"{s} {v:.1f} s" for s, v in m.meta["stage_s"].items()))
 
-        clean = {}
-        for k in (1, K):
-            pred = MahalanobisKNN(M, n_neighbors=k, device=device).fit(ds.X_train, ds.y_train).predict(ds.X_test)
-            clean[k] = pred != ds.y_test
-        m_meta["clean_error"] = {"1": float(clean[1].mean()), str(K): float(clean[K].mean())}
-
-        # 2. 1-NN: exact radii, verified; the closed-form bound must sit below them
-        if "nn1" in stages:
-            def nn1():
-                say(f"{dataset}/{method}", 0.0, "exact 1-NN radii")
-                norms, deltas = minimal_perturbations(ds.X_train, ds.y_train, ds.X_test, ds.y_test, M, device=device)
-                ok = verify_perturbations(ds.X_train, ds.y_train, ds.X_test, ds.y_test, M, norms, deltas,
-                                          device=device)
-                bound = certified_radii(ds.X_train, ds.y_train, ds.X_test, ds.y_test, M, 1, device=device)
-                return {"exact": norms, "verified": ok, "bound": bound}
-
-            try:
-                a, secs, cached = _cached_stage(_stage_path(runs_dir, key, "nn1", eval_settings), nn1, stamp)
-            except stage_errors as exc:
-                failed(method, "exact 1-NN", exc)
-            else:
-                m_meta["stage_s"]["nn1"], m_meta["cached"]["nn1"] = secs, cached
-                exact, bound = a["exact"], a["bound"]
-                n_bad = int((~a["verified"]).sum())
-                n_above = int(np.sum(bound > exact * (1 + RADIUS_TOL) + 1e-12))
-                meta["checks"][f"{method}/nn1"] = {"unverified_perturbations": n_bad, "bound_above_exact": n_above}
-                if n_bad or n_above:
-                    violations.append(f"{method} 1-NN: {n_bad} exact perturbations failed verification, "
-                                      f"{n_above} closed-form bounds above the exact radius")
-                m_meta["nn1_ties"] = int(np.sum(~clean[1] & (exact == 0)))
-                per_point[f"{method}.nn1_exact"] = exact
-                per_point[f"{method}.nn1_bound"] = bound
-                rows["nn1"] += _rows(method, grid, exact, "exact")
-
-        # 3. K-NN certified radii
-        if "knn11" not in stages:
-            continue
-
-        def cert():
-            say(f"{dataset}/{method}", 0.0, f"certifying {K}-NN")
-            return {"radii": certified_radii(ds.X_train, ds.y_train, ds.X_test, ds.y_test, M, K, device=device)}
-
-        try:
-            a, secs, cached = _cached_stage(_stage_path(runs_dir, key, f"knn{K}", eval_settings), cert, stamp)
-        except stage_errors as exc:
-            failed(method, f"{K}-NN certification", exc)
-            continue
-        m_meta["stage_s"][f"knn{K}_certified"], m_meta["cached"][f"knn{K}"] = secs, cached
-        cert_r = a["radii"]
-        per_point[f"{method}.knn{K}_certified"] = cert_r
-        rows["knn11"] += _rows(method, grid, cert_r, "certified")
-
-        # 4. K-NN empirical: the region attack on the first n_att points
-        if "attack" in stages:
-            def att():
-                say(f"{dataset}/{method}", 0.0, f"region attack on {n_att} points")
-                res = attack(ds.X_train, ds.y_train, ds.X_test[:n_att], ds.y_test[:n_att], M, K,
-                             method="region", device=device)
-                return {"norms": np.asarray(res.norms, dtype=float)}
-
-            try:
-                a, secs, cached = _cached_stage(
-                    _stage_path(runs_dir, key, f"attack{K}", {**eval_settings, "n_attack": n_att}), att, stamp)
-            except stage_errors as exc:
-                failed(method, f"{K}-NN attack", exc)
-                continue
-            m_meta["stage_s"][f"knn{K}_attack"], m_meta["cached"]["attack"] = secs, cached
-            norms = a["norms"]
-            emp = np.full(len(ds.y_test), np.nan)
-            emp[:n_att] = norms
-            per_point[f"{method}.knn{K}_empirical"] = emp
-            above = cert_r[:n_att] > norms * (1 + RADIUS_TOL) + 1e-12
-            cert_err = robust_error_curve(cert_r[:n_att], grid)
-            emp_err = robust_error_curve(norms, grid)
-            # an attack reports 0 exactly for the points K-NN already misclassifies
-            zero_mismatch = int(np.sum((norms == 0) != clean[K][:n_att]))
-            meta["checks"][f"{method}/knn{K}"] = {
-                "certified_above_attack": int(above.sum()),
-                "attack_failures": int(np.isinf(norms).sum()),
-                "attack_zero_not_misclassified": zero_mismatch}
-            if above.any():
-                violations.append(f"{method} {K}-NN: certified radius above the attack norm at "
-                                  f"{int(above.sum())} points")
-            if zero_mismatch:
-                violations.append(f"{method} {K}-NN: at r = 0 the attack disagrees with the clean error at "
-                                  f"{zero_mismatch} points")
-            for r, e, c in zip(grid, emp_err, cert_err):
-                rows["attack"].append({"method": method, "radius": float(r), "robust_error_pct": 100 * float(e),
-                                       "n_points": int(n_att), "kind": "empirical (region attack)",
-                                       "certified_same_points_pct": 100 * float(c)})
-        say(f"{dataset}/{method}", 1.0, "done " + ", ".join(f"{s} {v:.1f} s" for s, v in m_meta["stage_s"].items()))
-
-    meta["violations"] = violations
+    meta["violations"] = run.violations
     out_dir.mkdir(parents=True, exist_ok=True)
     # results/<dataset>/ describes this run only: a table it did not produce is removed
     for name, fname in (("nn1", "nn1_exact.csv"), ("knn11", f"knn{K}_certified.csv"), ("attack", f"knn{K}_empirical.csv")):
-        if rows[name]:
-            pd.DataFrame(rows[name]).to_csv(out_dir / fname, index=False, float_format="%.6g")
+        if run.rows[name]:
+            pd.DataFrame(run.rows[name]).to_csv(out_dir / fname, index=False, float_format="%.6g")
         else:
             (out_dir / fname).unlink(missing_ok=True)
-    pd.DataFrame(per_point).to_csv(out_dir / "radii.csv", index_label="test_index", float_format="%.8g")
+    pd.DataFrame(run.per_point).to_csv(out_dir / "radii.csv", index_label="test_index", float_format="%.8g")
     (out_dir / "metrics_meta.json").write_text(json.dumps(meta, indent=2, default=_json_default))
     return meta
 
