@@ -1,4 +1,6 @@
 """Evaluation: robust-error tables (``evaluate``), the paper's reproduction (``reproduce``) and its summary."""
-from .evaluate import Evaluation, MethodResult, evaluate, fit_metric, parse_grid, radii_for
+from .evaluate import (Evaluation, MethodResult, clean_error, evaluate, fit_metric, misclassified, parse_grid,
+                       radii_for, robust_error_table)
 
-__all__ = ["Evaluation", "MethodResult", "evaluate", "fit_metric", "parse_grid", "radii_for"]
+__all__ = ["Evaluation", "MethodResult", "clean_error", "evaluate", "fit_metric", "misclassified", "parse_grid",
+           "radii_for", "robust_error_table"]
