@@ -1,118 +1,37 @@
-"""Pairwise similarity under a learned metric: attack, certified bounds, spectral defence.
+"""Pairwise similarity under a learned metric (``ARML_NOTES.md`` section 8, after Huai et
+al., "On the Robustness of Metric Learning: An Adversarial Perspective", ACM TKDD 16(5), 2022).
 
 A linear map ``W`` (a learner's ``components_``, shape ``(r, d)``) judges a pair
-``(x_i, x_j)`` *similar* iff its squared distance
-
-    D(x_i, x_j) = ||W x_i - W x_j||^2 <= gamma
-
-(``ARML_NOTES.md`` section 8, after Huai et al., "On the Robustness of Metric
-Learning: An Adversarial Perspective", ACM TKDD 16(5), 2022). This module holds:
-
-* pair sampling (:func:`sample_pairs`) and the threshold ``gamma``, explicit or a
-  quantile of training distances (:func:`threshold_from_quantile`,
-  :func:`resolve_gamma`);
-* the attack (:func:`pair_attack`, :func:`pair_attack_grid`): projected sign-gradient
-  steps on ``D(x_i + delta_i, x_j + delta_j)`` under the coupled budget
-  ``||delta_i||_inf + ||delta_j||_inf <= eps`` with both points kept in a box;
-* the published first-order bound and the rigorous bound (:func:`pair_bounds`), and
-  the certified pair radius derived from the latter (:func:`certified_pair_radii`);
-* :class:`SpectralDefence`, the margin loss over pairs plus a penalty on the top
-  eigenvalues of ``W^T W``.
-
-Decisions and targets
----------------------
-Every function that judges pairs takes an optional ``y_pair`` (``+1`` similar,
-``-1`` dissimilar, e.g. from :func:`sample_pairs`). The *target* of a pair is its
-label when ``y_pair`` is given, else its clean decision. The attack pushes pairs
-whose target is "similar" apart and pulls the others together; it *succeeds* when
-the decision after the attack disagrees with the target. With labels, a pair that is
-already misjudged is a success at ``eps = 0`` and has certified radius 0, exactly
-like a misclassified point in the K-NN robust error (notes, section 2); without
-labels, success means the decision flipped.
-
-Bounds (both in terms of the squared distance ``D``; ``u = x_i - x_j``)
-----------------------------------------------------------------------
-Any admissible perturbation changes ``u`` by ``s = delta_i - delta_j`` with
-``||s||_inf <= ||delta_i||_inf + ||delta_j||_inf <= eps``.
-
-* Rigorous (notes, section 8): by the triangle inequality
-  ``|sqrt(D') - sqrt(D)| = | ||W(u + s)|| - ||W u|| | <= ||W s|| <= eps * B`` with
-  ``B >= max_{||s||_inf <= 1} ||W s||``; both
-  ``sqrt(d) * sigma_max(W)`` (``||s||_2 <= sqrt(d) ||s||_inf``) and the sum of the
-  column norms of ``W`` (``||sum_k s_k W_k|| <= sum_k |s_k| ||W_k||``) are such
-  bounds, and ``B`` is their minimum. So
-  ``(max(0, sqrt(D) - eps B))^2 <= D' <= (sqrt(D) + eps B)^2`` for every
-  perturbation, box or no box. Consequently no perturbation with
-  ``eps < |sqrt(gamma) - sqrt(D)| / B`` can move ``D`` across ``gamma``: that is
-  the certified pair radius (0 for a misjudged pair).
-* Published first-order bound (AckMetric slides): ``D' <= D + 2 d eps lambda_max(W^T W)``.
-  It drops the quadratic term ``s^T W^T W s``. Writing ``D' - D = s^T M (2u + s)``
-  (``M = W^T W``) with ``2u + s = u + u'`` shows when it is nevertheless true: if the
-  clean *and* the perturbed points lie in ``[0, 1]^d`` then ``||u + u'||_2 <= 2 sqrt(d)``
-  and ``|D' - D| <= ||W s|| ||W (u + u')|| <= lambda_max sqrt(d) eps 2 sqrt(d)``, i.e.
-  the published bound holds. It fails when the box is dropped (``box=None``) or is
-  wider than 1 (e.g. raw pixel values): with ``W = I_1``, ``x_i = 1``, ``x_j = 0`` and no
-  box, ``D' = (1 + eps)^2 > 1 + 2 eps``. :func:`pair_bounds` reports both, with the
-  mirrored ``D - 2 d eps lambda_max`` for pull-together attacks.
-
-The attack
-----------
-For a fixed split ``eps_i + eps_j = eps`` each point moves in its own l_inf ball of
-radius ``eps_i`` (``eps_j``) intersected with the box, so the coupled constraint holds
-by construction. Sign-gradient steps of size ``step_size`` on both points (the
-gradient of ``D`` w.r.t. ``x_i`` is ``2 W^T W (x_i - x_j)`` and its negative w.r.t.
-``x_j``; see :func:`pair_gradient`), each followed by the projection (a clamp), starting
-from ``delta = 0``; the best iterate (largest ``D`` when pushing apart, smallest when
-pulling together) is kept. The splits in ``splits`` (fractions of ``eps`` given to
-``x_i``; default all on ``x_i``, half/half, all on ``x_j``) run in one batch and the best
-per pair is returned. Without a box the split does not matter (every ``s`` with
-``||s||_inf <= eps`` is reachable with any split), so a single split is run.
-Everything is batched over pairs (and splits, and ``eps`` values in
-:func:`pair_attack_grid`) in torch on the requested device; the steps run in float32
-and the chosen perturbations are projected once more in float64, so the budget and
-the box hold to float64 rounding.
+``(x_i, x_j)`` *similar* iff ``D(x_i, x_j) = ||W x_i - W x_j||^2 <= gamma``. Here: pairs and
+``gamma`` (:func:`sample_pairs`, :func:`threshold_from_quantile`, :func:`resolve_gamma`); the
+published and rigorous bounds, with their maths (:func:`pair_bounds`), and the certified pair
+radius; the attack, with its method, targets and success (:func:`pair_attack`,
+:func:`pair_attack_grid`); both curves of a metric (:func:`pair_robustness_curves`). The
+spectral defence, a learner, is :class:`arml_core.learners.SpectralDefence`.
 """
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import validate_data
 
 from .device import resolve_device
-from .learners import MahalanobisMixin, _check_labels, mark_diverged
+from .metric import robust_error_curve
 
-__all__ = [
-    "PairAttackGrid",
-    "PairAttackResult",
-    "PairBounds",
-    "SpectralDefence",
-    "certified_pair_radii",
-    "pair_attack",
-    "pair_attack_grid",
-    "pair_bounds",
-    "pair_distances",
-    "pair_gradient",
-    "resolve_gamma",
-    "sample_pairs",
-    "success_rate_curve",
-    "threshold_from_quantile",
-]
+__all__ = ["PairAttackGrid", "PairAttackResult", "PairBounds", "certified_pair_radii", "pair_attack",
+           "pair_attack_grid", "pair_bounds", "pair_distances", "pair_gradient", "pair_robustness_curves",
+           "resolve_gamma", "sample_pairs", "threshold_from_quantile"]
 
 DEFAULT_SPLITS = (1.0, 0.5, 0.0)
 PAIR_KINDS = ("balanced", "all", "similar", "dissimilar")
 _MAX_ELEMENTS = 2**22  # (pair, split, feature) entries per attack batch
 
 
-# ----------------------------------------------------------------------------------------
-# Validation helpers
-# ----------------------------------------------------------------------------------------
+# -- validation helpers --------------------------------------------------------------------
 def _as_points(name: str, X) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim == 1:
@@ -134,10 +53,8 @@ def _check_pairs(W, X_i, X_j) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if W.ndim != 2:
         raise ValueError(f"W must be a 2-D array (n_components, n_features), got shape {W.shape}")
     if W.shape[1] != X_i.shape[1]:
-        raise ValueError(
-            f"W has {W.shape[1]} columns but the points have {X_i.shape[1]} features; "
-            "pass a learner's components_ (n_components, n_features)"
-        )
+        raise ValueError(f"W has {W.shape[1]} columns but the points have {X_i.shape[1]} features; "
+                         "pass a learner's components_ (n_components, n_features)")
     if not np.all(np.isfinite(W)):
         raise ValueError("W contains NaN or infinite values")
     return W, X_i, X_j
@@ -173,7 +90,10 @@ def _check_y_pair(y_pair, n: int) -> np.ndarray | None:
     return y.astype(np.int64)
 
 
-def _check_box(box, X_i: np.ndarray, X_j: np.ndarray) -> tuple[float, float] | None:
+def _check_scalar_box(box, X_i: np.ndarray, X_j: np.ndarray) -> tuple[float, float] | None:
+    """One scalar ``(low, high)``, ``low < high``, that holds both ``X_i`` and ``X_j``, or None
+    (kept apart from ``_validation.check_box``: that one is per-feature, allows ``lo == hi``
+    and words its errors for K-NN test points)."""
     if box is None:
         return None
     try:
@@ -184,11 +104,9 @@ def _check_box(box, X_i: np.ndarray, X_j: np.ndarray) -> tuple[float, float] | N
         raise ValueError(f"box must satisfy low < high, got {box!r}")
     for name, X in (("X_i", X_i), ("X_j", X_j)):
         if X.size and (X.min() < lo or X.max() > hi):
-            raise ValueError(
-                f"{name} has values outside the box ({lo:g}, {hi:g}): min {X.min():.4g}, "
-                f"max {X.max():.4g}. Clip the points into the box (test points scaled with "
-                "the training scaler may fall slightly outside [0, 1]) or pass box=None"
-            )
+            raise ValueError(f"{name} has values outside the box ({lo:g}, {hi:g}): min {X.min():.4g}, "
+                             f"max {X.max():.4g}. Clip the points into the box (test points scaled with "
+                             "the training scaler may fall slightly outside [0, 1]) or pass box=None")
     return lo, hi
 
 
@@ -202,27 +120,15 @@ def _tensor(a, dev) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=dev)
 
 
-def _sq_dist(Wt: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-    Z = U @ Wt.T
-    return (Z * Z).sum(1)
-
-
-# ----------------------------------------------------------------------------------------
-# Pairs and thresholds
-# ----------------------------------------------------------------------------------------
+# -- pairs and thresholds ------------------------------------------------------------------
 def sample_pairs(X, y, n_similar: int, n_dissimilar: int, *, random_state=None):
-    """Seeded random pairs of rows of ``X``: same-class and different-class ones.
+    """Seeded random pairs of rows of ``X``: ``idx_i, idx_j, y_pair``, ``n_similar`` same-class
+    pairs then ``n_dissimilar`` different-class ones (``y_pair``: ``+1`` / ``-1``).
 
-    A similar pair is a uniformly drawn point (among those whose class has another
-    member) and a uniformly drawn *other* point of its class; a dissimilar pair is a
-    uniformly drawn point and a uniformly drawn point of another class. Pairs are drawn
-    with replacement (a pair may repeat); ``i != j`` always.
-
-    Returns
-    -------
-    idx_i, idx_j : int arrays of length ``n_similar + n_dissimilar`` (similar first)
-    y_pair : int array, ``+1`` for similar and ``-1`` for dissimilar pairs
-    """
+    A similar pair is a uniformly drawn point (among those whose class has another member)
+    and a uniformly drawn *other* point of its class; a dissimilar pair is a uniformly drawn
+    point and a uniformly drawn point of another class. Drawn with replacement (a pair may
+    repeat); ``i != j`` always."""
     X = _as_points("X", X)
     y = np.asarray(y)
     if y.shape != (len(X),):
@@ -237,7 +143,6 @@ def sample_pairs(X, y, n_similar: int, n_dissimilar: int, *, random_state=None):
     start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.empty(len(y), dtype=np.int64)  # position of each row inside its class block
     rank[order] = np.arange(len(y)) - start[y_enc[order]]
-
     parts_i, parts_j = [], []
     if n_similar:
         eligible = np.flatnonzero(counts[y_enc] >= 2)
@@ -268,21 +173,20 @@ def pair_distances(W, X_i, X_j, *, device: str = "cpu") -> np.ndarray:
     """Squared distances ``||W x_i - W x_j||^2`` of the rows of ``X_i`` and ``X_j``."""
     W, X_i, X_j = _check_pairs(W, X_i, X_j)
     dev = resolve_device(device)
-    return _sq_dist(_tensor(W, dev), _tensor(X_i - X_j, dev)).cpu().numpy()
+    Z = _tensor(X_i - X_j, dev) @ _tensor(W, dev).T
+    return (Z * Z).sum(1).cpu().numpy()
 
 
 def threshold_from_quantile(W, X, y, q: float, *, pairs: str = "balanced", n_pairs: int = 2000,
                             random_state=0, device: str = "cpu") -> float:
     """``gamma`` as the ``q``-quantile of squared distances of training pairs under ``W``.
 
-    ``pairs`` chooses the pairs: ``'balanced'`` (default) ``n_pairs // 2`` similar and
-    ``n_pairs - n_pairs // 2`` dissimilar ones from :func:`sample_pairs`, so ``q = 0.5``
-    sits between the two populations whatever the number of classes; ``'similar'`` or
-    ``'dissimilar'``: ``n_pairs`` of that kind (e.g. ``q = 0.9`` of the similar ones
-    judges 90% of similar training pairs similar); ``'all'``: every pair ``i < j`` when
-    there are at most ``n_pairs`` of them, else ``n_pairs`` uniformly random pairs
-    (``y`` may be None). The draw is seeded by ``random_state``.
-    """
+    ``pairs``: ``'balanced'`` (default) ``n_pairs // 2`` similar and ``n_pairs - n_pairs // 2``
+    dissimilar ones from :func:`sample_pairs`, so ``q = 0.5`` sits between the two populations
+    whatever the number of classes; ``'similar'`` or ``'dissimilar'``: ``n_pairs`` of that kind
+    (``q = 0.9`` of the similar ones judges 90% of similar training pairs similar); ``'all'``:
+    every pair ``i < j`` if there are at most ``n_pairs``, else ``n_pairs`` uniformly random
+    pairs (``y`` may be None). The draw is seeded by ``random_state``."""
     try:
         qf = float(q)
     except (TypeError, ValueError):
@@ -318,9 +222,9 @@ def resolve_gamma(gamma, W, X=None, y=None, **kwargs) -> float:
     ``[0, 1]``) means :func:`threshold_from_quantile` ``(W, X, y, 0.5, **kwargs)``."""
     if isinstance(gamma, str):
         text = gamma.strip().lower()
-        if not text.startswith("q"):
-            raise ValueError(f"gamma must be a number or a quantile such as 'q0.5', got {gamma!r}")
         try:
+            if not text.startswith("q"):
+                raise ValueError(gamma)
             q = float(text[1:])
         except ValueError:
             raise ValueError(f"gamma must be a number or a quantile such as 'q0.5', got {gamma!r}") from None
@@ -330,20 +234,14 @@ def resolve_gamma(gamma, W, X=None, y=None, **kwargs) -> float:
     return _check_gamma(gamma)
 
 
-# ----------------------------------------------------------------------------------------
-# Gradient, bounds, certified radii
-# ----------------------------------------------------------------------------------------
-def _grad_i(Wt: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-    """Gradient of ``||W u||^2`` w.r.t. ``x_i`` for rows ``u = x_i - x_j``: ``2 W^T W u``."""
-    return 2.0 * (U @ Wt.T) @ Wt
-
-
+# -- gradient, bounds, certified radii -----------------------------------------------------
 def pair_gradient(W, X_i, X_j, *, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Closed-form gradients of ``D(x_i, x_j)`` w.r.t. ``x_i`` and ``x_j`` (the ones the
     attack follows): ``2 W^T W (x_i - x_j)`` and its negative."""
     W, X_i, X_j = _check_pairs(W, X_i, X_j)
     dev = resolve_device(device)
-    g = _grad_i(_tensor(W, dev), _tensor(X_i - X_j, dev)).cpu().numpy()
+    Wt = _tensor(W, dev)
+    g = (2.0 * (_tensor(X_i - X_j, dev) @ Wt.T) @ Wt).cpu().numpy()
     return g, -g
 
 
@@ -358,15 +256,10 @@ def _b_constant(W: np.ndarray) -> tuple[float, float]:
 
 @dataclass
 class PairBounds:
-    """Bounds on the squared distance ``D'`` after any perturbation within ``eps``.
-
-    ``published_*`` is the first-order bound ``D +/- 2 d eps lambda_max(W^T W)`` (valid
-    when clean and perturbed points lie in ``[0, 1]^d``, violated in general);
-    ``rigorous_*`` is ``(sqrt(D) +/- eps B)^2`` (the lower one clipped at 0), valid for
-    every perturbation. ``published`` / ``rigorous`` pick, per pair, the side that
-    matters for its attack direction (``+1`` push apart: upper; ``-1`` pull together:
-    lower).
-    """
+    """Bounds on the squared distance ``D'`` after any perturbation within ``eps``
+    (:func:`pair_bounds`): ``published_*`` ``D +/- 2 d eps lambda_max(W^T W)``, ``rigorous_*``
+    ``(sqrt(D) +/- eps B)^2`` (lower ones clipped at 0). ``published`` / ``rigorous`` pick, per
+    pair, the side of its attack direction (``+1`` push apart: upper; ``-1``: lower)."""
 
     dist: np.ndarray
     eps: np.ndarray
@@ -392,8 +285,7 @@ class PairBounds:
         return np.where(self.direction > 0, dist_after > bound + tol, dist_after < bound - tol)
 
     def exceeds_published(self, dist_after, *, rtol: float = 1e-9) -> np.ndarray:
-        """Pairs whose attacked distance lies beyond the published bound (on the side of
-        their attack direction)."""
+        """Pairs whose attacked distance lies beyond the published bound (on their side)."""
         return self._beyond(dist_after, self.published, rtol)
 
     def exceeds_rigorous(self, dist_after, *, rtol: float = 1e-9) -> np.ndarray:
@@ -402,11 +294,26 @@ class PairBounds:
 
 
 def pair_bounds(W, X_i, X_j, eps, *, direction=1) -> PairBounds:
-    """Published and rigorous bounds on ``D(x_i + delta_i, x_j + delta_j)`` for every pair,
-    over all ``||delta_i||_inf + ||delta_j||_inf <= eps`` (see the module docstring).
+    """Published and rigorous bounds on ``D' = D(x_i + delta_i, x_j + delta_j)`` for every
+    pair over all ``||delta_i||_inf + ||delta_j||_inf <= eps``; ``direction``: ``+1`` (push
+    apart), ``-1`` (pull together), or one per pair (:attr:`PairAttackResult.direction`).
 
-    ``direction``: ``+1`` (push apart), ``-1`` (pull together), or one per pair, e.g.
-    :attr:`PairAttackResult.direction`.
+    With ``u = x_i - x_j`` a perturbation changes ``u`` by ``s = delta_i - delta_j``,
+    ``||s||_inf <= eps``.
+
+    * Rigorous (notes, section 8): ``|sqrt(D') - sqrt(D)| = | ||W(u + s)|| - ||W u|| | <=
+      ||W s|| <= eps B`` with ``B >= max_{||s||_inf <= 1} ||W s||``: both ``sqrt(d)
+      sigma_max(W)`` (``||s||_2 <= sqrt(d) ||s||_inf``) and the sum of the column norms of
+      ``W`` (``||sum_k s_k W_k|| <= sum_k |s_k| ||W_k||``) are such bounds; ``B`` is their
+      minimum. So ``(max(0, sqrt(D) - eps B))^2 <= D' <= (sqrt(D) + eps B)^2``, box or no box,
+      and no ``eps < |sqrt(gamma) - sqrt(D)| / B`` moves ``D`` across ``gamma``: the
+      certified pair radius (:func:`certified_pair_radii`).
+    * Published, first-order (AckMetric slides): ``D' <= D + 2 d eps lambda_max(W^T W)``
+      (``D - 2 d eps lambda_max`` pulling together). It drops ``s^T W^T W s``; with
+      ``D' - D = s^T M (2u + s)``, ``2u + s = u + u'``, it holds when the clean *and* the
+      perturbed points lie in ``[0, 1]^d`` (``|D' - D| <= ||W s|| ||W (u + u')|| <=
+      lambda_max sqrt(d) eps 2 sqrt(d)``) and fails without the box or with a wider one: with
+      ``W = I_1``, ``x_i = 1``, ``x_j = 0`` and no box, ``D' = (1 + eps)^2 > 1 + 2 eps``.
     """
     W, X_i, X_j = _check_pairs(W, X_i, X_j)
     n, d = X_i.shape
@@ -434,11 +341,9 @@ def _targets(D: np.ndarray, gamma: float, y_pair: np.ndarray | None) -> np.ndarr
 def certified_pair_radii(W, X_i, X_j, gamma, *, y_pair=None) -> np.ndarray:
     """Certified radius of every pair: ``|sqrt(gamma) - sqrt(D)| / B``, 0 for a misjudged pair.
 
-    No perturbation with ``||delta_i||_inf + ||delta_j||_inf`` below the radius can bring
-    the decision (``D <= gamma``) to disagree with the pair's target (its label
-    ``y_pair``, else its clean decision). From the rigorous bound
-    ``|sqrt(D') - sqrt(D)| <= eps B`` (module docstring). ``inf`` when ``B = 0``
-    (``W = 0``: nothing moves any distance).
+    No perturbation with ``||delta_i||_inf + ||delta_j||_inf`` below the radius can bring the
+    decision (``D <= gamma``) to disagree with the pair's target (its label ``y_pair``, else
+    its clean decision): the rigorous bound of :func:`pair_bounds`. ``inf`` when ``B = 0``.
     """
     W, X_i, X_j = _check_pairs(W, X_i, X_j)
     g = _check_gamma(gamma)
@@ -452,37 +357,14 @@ def certified_pair_radii(W, X_i, X_j, gamma, *, y_pair=None) -> np.ndarray:
     return np.where(correct, radius, 0.0)
 
 
-def success_rate_curve(values, eps_grid) -> np.ndarray:
-    """Fraction of pairs whose value is ``<= eps`` for each ``eps`` of ``eps_grid``.
-
-    With :attr:`PairAttackGrid.min_eps` (``inf`` where the attack never succeeded) this
-    is the attack's success rate; with :func:`certified_pair_radii` it is the fraction
-    of pairs *not* certified, an upper bound on the success rate of any attack.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    grid = np.atleast_1d(np.asarray(eps_grid, dtype=np.float64))
-    if values.size == 0:
-        raise ValueError("no pairs")
-    if np.any(np.isnan(values)):
-        raise ValueError("the values contain NaN")
-    return (values[None, :] <= grid[:, None]).mean(axis=1)
-
-
-# ----------------------------------------------------------------------------------------
-# The attack
-# ----------------------------------------------------------------------------------------
+# -- the attack ----------------------------------------------------------------------------
 @dataclass
 class PairAttackResult:
-    """What :func:`pair_attack` found, one row per pair.
-
-    ``delta_i`` / ``delta_j``: the perturbations (``X_i_adv = X_i + delta_i``, in the box);
-    ``dist_before`` / ``dist_after``: squared distances ``D``; ``direction``: ``+1`` pushed
-    apart, ``-1`` pulled together; ``target``: ``+1`` / ``-1`` the decision the attack
-    tries to break (the label, else the clean decision); ``flipped``: the decision
-    ``D <= gamma`` changed; ``success``: the decision after the attack disagrees with the
-    target (equals ``flipped`` when no labels were given); ``split``: the fraction of
-    ``eps`` spent on ``x_i`` by the best split.
-    """
+    """What :func:`pair_attack` found, one row per pair: the perturbations ``delta_i`` /
+    ``delta_j`` (``X_i_adv = X_i + delta_i``, in the box); squared distances ``dist_before`` /
+    ``dist_after``; ``direction`` (``+1`` pushed apart, ``-1`` pulled together); ``target``;
+    ``flipped`` (the decision ``D <= gamma`` changed); ``success`` (it disagrees with the
+    target); ``split`` (the fraction of ``eps`` spent on ``x_i`` by the best split)."""
 
     X_i_adv: np.ndarray
     X_j_adv: np.ndarray
@@ -513,13 +395,9 @@ def _check_splits(splits, box) -> np.ndarray:
 
 
 def _run_attack(Wt, Xi, Xj, e, direction, splits, steps, step_size, box):
-    """The batched core. Rows are pairs; all arguments are float64 tensors on one device
-    (``e``: budget per pair, ``direction``: +-1 per pair, ``step_size``: per pair).
-
-    The steps run in float32 (twice as fast, and the precision of a heuristic search
-    does not matter); the chosen perturbations are then projected again, in float64,
-    onto the exact budget and box, so the constraints hold to float64 rounding.
-    Returns the adversarial points and the chosen split index per pair."""
+    """The batched core of :func:`pair_attack`: rows are pairs, all arguments float64 tensors on
+    one device (``e``, ``direction``, ``step_size``: one per pair), the steps in float32 (twice
+    as fast; a heuristic search needs no more). The adversarial points and split per pair."""
     n, d = Xi.shape
     S = len(splits)
     f = splits.repeat_interleave(n)  # (S*n,) fraction of eps on x_i
@@ -595,41 +473,42 @@ def pair_attack(W, X_i, X_j, gamma, eps, *, steps: int = 50, step_size: float | 
                 device: str = "auto", batch_size: int | None = None) -> PairAttackResult:
     """Projected sign-gradient attack on the similarity decision of every pair.
 
-    Pushes pairs whose target is similar apart (ascent on ``D``) and pulls the others
-    together (descent), under ``||delta_i||_inf + ||delta_j||_inf <= eps`` with both
-    perturbed points in ``box`` (``None``: unbounded). See the module docstring for the
-    budget splits.
+    ``W``: ``(r, d)``, a learner's ``components_``; ``X_i``, ``X_j``: ``(n, d)`` (or one
+    pair, 1-D) inside ``box`` (``None``: unbounded); ``gamma``: the threshold on ``D``;
+    ``eps``: a budget, or one per pair. The *target* of a pair is its label ``y_pair``
+    (``+1`` similar, ``-1`` dissimilar, e.g. from :func:`sample_pairs`) if given, else its
+    clean decision. Pairs whose target is similar are pushed apart (ascent on ``D``), the
+    others pulled together, under ``||delta_i||_inf + ||delta_j||_inf <= eps`` with both
+    perturbed points in the box. The attack *succeeds* when the decision after it disagrees
+    with the target: with labels, a misjudged pair is a success at ``eps = 0`` (certified
+    radius 0), like a misclassified point in the K-NN robust error (notes, section 2);
+    without, success means the decision flipped.
 
-    Parameters
-    ----------
-    W : (r, d) array, a learner's ``components_``.
-    X_i, X_j : (n, d) arrays (or one pair as 1-D arrays) inside ``box``.
-    gamma : float, the decision threshold on the squared distance.
-    eps : float, or one budget per pair.
-    steps : number of sign-gradient steps (the best iterate is kept).
-    step_size : step in input units; default ``2.5 * eps / steps``.
-    y_pair : optional +1 / -1 labels that set the targets (else the clean decisions).
-    splits : fractions of ``eps`` given to ``x_i`` that are tried; the best is kept.
-    device : 'auto', 'cpu' or 'cuda'.
-    batch_size : pairs per torch batch; default: as many as keep about ``2**22``
-        (pair, split, feature) entries in a batch (a few hundred MB).
+    For each split ``eps_i + eps_j = eps`` (``splits``: the fractions given to ``x_i``) each
+    point moves in its own l_inf ball of radius ``eps_i`` (``eps_j``) and the box, so the
+    coupled budget holds by construction: ``steps`` sign-gradient steps of ``step_size``
+    (default ``2.5 * eps / steps``) on both points (``dD/dx_i = 2 W^T W (x_i - x_j) =
+    -dD/dx_j``, :func:`pair_gradient`), each followed by the projection (a clamp), from
+    ``delta = 0``; the best iterate (largest ``D`` pushing apart, smallest pulling) and the
+    best split per pair are kept. Without a box every ``s`` with ``||s||_inf <= eps`` is
+    reachable with any split, so one is run. Batched over pairs (and splits, and budgets in
+    :func:`pair_attack_grid`) in torch on ``device``, ``batch_size`` pairs at a time (default:
+    about ``2**22`` (pair, split, feature) entries, a few hundred MB); steps in float32, the
+    chosen perturbations projected again in float64: budget and box hold to float64 rounding.
     """
     W, X_i, X_j = _check_pairs(W, X_i, X_j)
     n = len(X_i)
     g = _check_gamma(gamma)
     e = _check_eps(eps, n)
     steps = _positive_int("steps", steps)
-    if step_size is None:
-        alpha = 2.5 * e / steps
-    else:
-        if not (isinstance(step_size, (int, float, np.floating)) and math.isfinite(step_size) and step_size > 0):
-            raise ValueError(f"step_size must be a positive number, got {step_size!r}")
-        alpha = np.full(n, float(step_size))
+    if step_size is not None and not (isinstance(step_size, (int, float, np.floating))
+                                      and math.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size must be a positive number, got {step_size!r}")
+    alpha = 2.5 * e / steps if step_size is None else np.full(n, float(step_size))
     y_pair = _check_y_pair(y_pair, n)
-    box = _check_box(box, X_i, X_j)
+    box = _check_scalar_box(box, X_i, X_j)
     split_values = _check_splits(splits, box)
     dev = resolve_device(device)
-
     D0 = pair_distances(W, X_i, X_j, device=dev)
     target = _targets(D0, g, y_pair)
     direction = np.where(target > 0, 1, -1)
@@ -641,32 +520,24 @@ def pair_attack(W, X_i, X_j, gamma, eps, *, steps: int = 50, step_size: float | 
     pick = np.zeros(n, dtype=np.int64)
     for s in range(0, n, batch_size):
         b = slice(s, s + batch_size)
-        a_i, a_j, p = _run_attack(
-            Wt, _tensor(X_i[b], dev), _tensor(X_j[b], dev), _tensor(e[b], dev), _tensor(direction[b], dev),
-            splits_t, steps, _tensor(alpha[b], dev), box,
-        )
+        a_i, a_j, p = _run_attack(Wt, _tensor(X_i[b], dev), _tensor(X_j[b], dev), _tensor(e[b], dev),
+                                  _tensor(direction[b], dev), splits_t, steps, _tensor(alpha[b], dev), box)
         xi_adv[b], xj_adv[b], pick[b] = a_i.cpu().numpy(), a_j.cpu().numpy(), p.cpu().numpy()
     D1 = pair_distances(W, xi_adv, xj_adv, device=dev)
     after = D1 <= g
-    return PairAttackResult(
-        X_i_adv=xi_adv, X_j_adv=xj_adv, delta_i=xi_adv - X_i, delta_j=xj_adv - X_j,
-        dist_before=D0, dist_after=D1, direction=direction, target=target,
-        flipped=after != (D0 <= g), success=after != (target > 0),
-        split=split_values[pick], eps=e, gamma=g,
-    )
+    return PairAttackResult(X_i_adv=xi_adv, X_j_adv=xj_adv, delta_i=xi_adv - X_i, delta_j=xj_adv - X_j,
+                            dist_before=D0, dist_after=D1, direction=direction, target=target,
+                            flipped=after != (D0 <= g), success=after != (target > 0),
+                            split=split_values[pick], eps=e, gamma=g)
 
 
 @dataclass
 class PairAttackGrid:
-    """:func:`pair_attack` over a grid of budgets.
-
-    ``success[k, p]``: pair ``p`` was broken at a budget ``<= eps_grid[k]`` (a perturbation
-    that succeeds at a smaller budget is admissible at a larger one, so the rows are
-    cumulative); ``success_rate[k]``: their mean; ``min_eps[p]``: the smallest grid budget
-    that broke pair ``p`` (``inf`` if none); ``dist_after[k, p]``: the attacked distance
-    at ``eps_grid[k]`` itself; ``direction``, ``target``, ``dist_before`` as in
-    :class:`PairAttackResult`.
-    """
+    """:func:`pair_attack` over a grid of budgets. ``success[k, p]``: pair ``p`` was broken at
+    a budget ``<= eps_grid[k]`` (what succeeds at a smaller budget is admissible at a larger
+    one: the rows are cumulative); ``success_rate[k]``: their mean; ``min_eps[p]``: the
+    smallest grid budget that broke pair ``p`` (``inf`` if none); ``dist_after[k, p]``: the
+    distance attacked at ``eps_grid[k]``; the rest as in :class:`PairAttackResult`."""
 
     eps_grid: np.ndarray
     success: np.ndarray
@@ -710,188 +581,17 @@ def pair_attack_grid(W, X_i, X_j, gamma, eps_grid, *, steps: int = 50, step_size
     )
 
 
-# ----------------------------------------------------------------------------------------
-# The spectral defence
-# ----------------------------------------------------------------------------------------
-class SpectralDefence(MahalanobisMixin, TransformerMixin, BaseEstimator):
-    """Margin loss over pairs plus a penalty on the top eigenvalues of ``W^T W``
-    (Huai et al., TKDD 2022; ``ARML_NOTES.md`` section 8).
-
-    Minimises, over the linear map ``W`` (``components_``),
-
-        mean_{(i, j)} (1 + y_ij (D_ij - gamma))_+  +  penalty * sum_{k <= n_eigen} w_k lambda_k(W^T W)
-
-    where ``y_ij = +1`` for same-class and ``-1`` for different-class pairs (a similar
-    pair costs nothing once ``D_ij <= gamma - 1``, a dissimilar one once
-    ``D_ij >= gamma + 1``), ``lambda_1 >= lambda_2 >= ...`` and ``w = eigen_weights``
-    (default all ones). ``penalty=0`` is the plain margin loss. The training pairs
-    (``n_pairs // 2`` similar, the rest dissimilar, :func:`sample_pairs`) are drawn once
-    in ``fit`` with ``random_state``.
-
-    Parameters
-    ----------
-    n_components : int or None, rows of ``W`` (None: ``n_features``); ``W`` starts as (the
-        first rows of) the identity.
-    gamma : float or ``'q<quantile>'`` (e.g. ``'q0.5'``: the quantile of the training
-        pairs' distances under the initial ``W``, :func:`threshold_from_quantile` on the
-        balanced training pairs); the value used is ``gamma_``. Default 2, as published.
-    penalty : float >= 0, the weight of the eigenvalue term.
-    n_eigen : int, how many of the largest eigenvalues are penalised.
-    eigen_weights : sequence of ``n_eigen`` non-negative weights, or None (ones).
-    n_pairs : int, training pairs.
-    n_epochs, learning_rate : full-batch Adam on ``W``.
-    device : 'auto', 'cpu' or 'cuda'.
-    random_state : int, RandomState or None; nothing is seeded globally.
-    callback : ``callback(epoch, loss)`` after every epoch (1-based); returning ``False``
-        stops training.
-    verbose : int, prints a line every ``max(1, n_epochs // 10)`` epochs when > 0.
-
-    Attributes
-    ----------
-    components_, gamma_, loss_curve_ (total loss per epoch), margin_curve_ (the margin
-    part), eigenvalues_ (of ``W^T W`` at the end, descending), n_iter_, converged_,
-    stop_reason_, fit_time_, device_.
-    """
-
-    def __init__(
-        self,
-        n_components: int | None = None,
-        *,
-        gamma: float | str = 2.0,
-        penalty: float = 0.1,
-        n_eigen: int = 1,
-        eigen_weights: Sequence[float] | None = None,
-        n_pairs: int = 2000,
-        n_epochs: int = 300,
-        learning_rate: float = 1e-2,
-        device: str = "auto",
-        random_state=None,
-        callback: Callable[[int, float], object] | None = None,
-        verbose: int = 0,
-    ):
-        self.n_components = n_components
-        self.gamma = gamma
-        self.penalty = penalty
-        self.n_eigen = n_eigen
-        self.eigen_weights = eigen_weights
-        self.n_pairs = n_pairs
-        self.n_epochs = n_epochs
-        self.learning_rate = learning_rate
-        self.device = device
-        self.random_state = random_state
-        self.callback = callback
-        self.verbose = verbose
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = True
-        return tags
-
-    def _validate_params(self, n_features: int) -> np.ndarray:
-        _positive_int("n_epochs", self.n_epochs)
-        _positive_int("n_pairs", self.n_pairs)
-        _positive_int("n_eigen", self.n_eigen)
-        if self.n_components is not None:
-            _positive_int("n_components", self.n_components)
-            if self.n_components > n_features:
-                raise ValueError(
-                    f"n_components ({self.n_components}) cannot be greater than n_features ({n_features})"
-                )
-        rank = min(n_features, self.n_components or n_features)
-        if self.n_eigen > rank:
-            raise ValueError(f"n_eigen ({self.n_eigen}) cannot be greater than the rank of W ({rank})")
-        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
-                and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
-        if not (isinstance(self.penalty, (int, float)) and math.isfinite(self.penalty) and self.penalty >= 0):
-            raise ValueError(f"penalty must be a non-negative number, got {self.penalty!r}")
-        if self.eigen_weights is None:
-            return np.ones(self.n_eigen)
-        w = np.asarray(self.eigen_weights, dtype=np.float64).ravel()
-        if len(w) != self.n_eigen:
-            raise ValueError(f"eigen_weights must hold n_eigen ({self.n_eigen}) values, got {len(w)}")
-        if not np.all(np.isfinite(w)) or np.any(w < 0):
-            raise ValueError(f"eigen_weights must be non-negative numbers, got {self.eigen_weights!r}")
-        return w
-
-    def _top_eigenvalues(self, G: torch.Tensor) -> torch.Tensor:
-        """The ``n_eigen`` largest eigenvalues of ``W^T W``, differentiable in ``G``.
-
-        They are those of the smaller ``G G^T`` (``r <= d``). With its top eigenvectors
-        ``u_k`` found without autograd, ``lambda_k = ||G^T u_k||^2`` has the value and
-        the gradient ``2 u_k u_k^T G`` of the eigenvalue (Hellmann-Feynman); at tied
-        eigenvalues (the identity start) that is a subgradient. Cheaper than
-        differentiating an SVD. NaN when the decomposition fails (a diverged ``G``)."""
-        try:
-            with torch.no_grad():
-                _, V = torch.linalg.eigh(G @ G.T)
-        except torch.linalg.LinAlgError:
-            return torch.full((self.n_eigen,), float("nan"), device=G.device)
-        U = V[:, -self.n_eigen:].flip(1)  # eigenvectors of the largest eigenvalues first
-        return ((U.T @ G) ** 2).sum(1)
-
-    def fit(self, X, y):
-        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
-        weights = self._validate_params(X.shape[1])
-        _check_labels(y)
-        dev = resolve_device(self.device)
-        self.device_ = str(dev)
-        rng = check_random_state(self.random_state)
-        n, d = X.shape
-        r = d if self.n_components is None else self.n_components
-        G0 = np.eye(r, d)
-        self.gamma_ = resolve_gamma(self.gamma, G0, X, y, random_state=rng.randint(0, 2**31 - 1))
-
-        n_sim = self.n_pairs // 2
-        if np.bincount(np.unique(y, return_inverse=True)[1]).max() < 2:
-            n_sim = 0  # every class is a singleton: only dissimilar pairs exist
-        pi, pj, yp = sample_pairs(X, y, n_sim, self.n_pairs - n_sim, random_state=rng)
-        Xt = torch.as_tensor(X, dtype=torch.float32, device=dev)
-        U = Xt[torch.as_tensor(pi, device=dev)] - Xt[torch.as_tensor(pj, device=dev)]
-        Y = torch.as_tensor(yp, dtype=torch.float32, device=dev)
-        alphas = torch.as_tensor(float(self.penalty) * weights, dtype=torch.float32, device=dev)
-        use_penalty = bool(self.penalty > 0 and np.any(weights > 0))
-        G = torch.as_tensor(G0, dtype=torch.float32, device=dev).requires_grad_(True)
-        opt = torch.optim.Adam([G], lr=float(self.learning_rate))
-
-        self.loss_curve_, self.margin_curve_ = [], []
-        self.converged_ = True
-        self.stop_reason_ = "completed"
-        last_good = G.detach().clone()
-        start = time.perf_counter()
-        epoch = 0
-        for epoch in range(1, self.n_epochs + 1):
-            Z = U @ G.T
-            D = (Z * Z).sum(1)
-            margin = torch.relu(1.0 + Y * (D - self.gamma_)).mean()
-            loss = margin
-            value = float(loss.detach())
-            if use_penalty and math.isfinite(value):
-                lam = self._top_eigenvalues(G)
-                loss = loss + (alphas * lam).sum()
-                value = float(loss.detach())
-            if math.isfinite(value):
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            if not (math.isfinite(value) and bool(torch.isfinite(G).all())):
-                with torch.no_grad():
-                    G.copy_(last_good)
-                mark_diverged(self, "SpectralDefence", epoch)
-                epoch -= 1
-                break
-            last_good = G.detach().clone()
-            self.loss_curve_.append(value)
-            self.margin_curve_.append(float(margin.detach()))
-            if self.verbose and (epoch % max(1, self.n_epochs // 10) == 0 or epoch == 1):
-                print(f"[Spectral] epoch {epoch:5d}/{self.n_epochs}  loss {value:.6f}  "
-                      f"margin {self.margin_curve_[-1]:.6f}  ({time.perf_counter() - start:.1f} s)")
-            if self.callback is not None and self.callback(epoch, value) is False:
-                self.stop_reason_ = f"stopped by the callback at epoch {epoch}"
-                break
-
-        self.components_ = last_good.double().cpu().numpy()
-        self.eigenvalues_ = np.sort(np.linalg.eigvalsh(self.components_.T @ self.components_))[::-1]
-        self.n_iter_ = epoch
-        self.fit_time_ = time.perf_counter() - start
-        return self
+# -- both curves of a metric ----------------------------------------------------------------
+def pair_robustness_curves(W, X_train, y_train, X_i, X_j, y_pair, gamma, eps_grid, *, steps: int = 50,
+                           box=(0.0, 1.0), device: str = "auto") -> tuple[float, np.ndarray, np.ndarray]:
+    """``(gamma_value, attack_success_rate, fraction_not_certified)`` of the metric ``W`` on
+    the pairs ``(X_i, X_j)`` with labels ``y_pair`` (or None), one rate per budget of
+    ``eps_grid`` in its order: ``gamma`` resolved on the training data (:func:`resolve_gamma`:
+    a number, or ``'q0.5'``), :func:`pair_attack_grid`'s success rate (``steps``, ``box``,
+    ``device``) and the fraction of pairs whose :func:`certified_pair_radii` is at most the
+    budget (an upper bound on the success rate of any attack)."""
+    g = resolve_gamma(gamma, W, X_train, y_train)
+    eps = np.asarray(eps_grid, dtype=np.float64).ravel()
+    grid = pair_attack_grid(W, X_i, X_j, g, eps, steps=steps, box=box, y_pair=y_pair, device=device)
+    radii = certified_pair_radii(W, X_i, X_j, g, y_pair=y_pair)
+    return g, grid.success_rate[np.searchsorted(grid.eps_grid, eps)], robust_error_curve(radii, eps)

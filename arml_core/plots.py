@@ -6,18 +6,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from .learners.registry import LEARNERS as DISPLAY  # noqa: F401  (kept for callers; one table of methods)
+from .learners.registry import PALETTE, display_name
 from .metric import robust_error_curve
-
-PALETTE = {
-    "euclidean": "#636363", "nca": "#1f77b4", "lmnn": "#ff7f0e", "itml": "#2ca02c",
-    "lfda": "#9467bd", "arml": "#d62728", "spectral": "#17becf",
-}
-DISPLAY = {"euclidean": "Euclidean", "nca": "NCA", "lmnn": "LMNN", "itml": "ITML",
-           "lfda": "LFDA", "arml": "ARML", "spectral": "Spectral defence"}
-
-
-def display_name(method: str) -> str:
-    return DISPLAY.get(method, method)
 
 
 def fine_grid(radii_by_method: Mapping[str, np.ndarray], n: int = 121) -> np.ndarray:

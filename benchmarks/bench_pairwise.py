@@ -81,8 +81,9 @@ def throughput(ds, args) -> list:
 
 def success_table(ds, args, eps_values) -> list:
     from arml_core.learners import make_learner
+    from arml_core.metric import robust_error_curve as success_rate_curve
     from arml_core.pairwise import (certified_pair_radii, pair_attack_grid, pair_distances, sample_pairs,
-                                    success_rate_curve, threshold_from_quantile)
+                                    threshold_from_quantile)
 
     X = np.clip(ds.X_test, 0.0, 1.0)
     half = args.n_pairs // 2

@@ -10,18 +10,18 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from arml_core.data import load_dataset
-from arml_core.learners import make_learner
+from arml_core.learners import SpectralDefence, make_learner
+from arml_core.metric import robust_error_curve as success_rate_curve
 from arml_core.pairwise import (
-    SpectralDefence,
     certified_pair_radii,
     pair_attack,
     pair_attack_grid,
     pair_bounds,
     pair_distances,
     pair_gradient,
+    pair_robustness_curves,
     resolve_gamma,
     sample_pairs,
-    success_rate_curve,
     threshold_from_quantile,
 )
 
@@ -193,6 +193,24 @@ def test_attack_grid_is_cumulative_and_consistent():
     radii = certified_pair_radii(W, X_i, X_j, gamma)
     assert np.all(g.min_eps >= radii)
     assert np.all(success_rate_curve(radii, g.eps_grid) >= g.success_rate)
+
+
+def test_pair_robustness_curves_is_the_pieces_by_hand():
+    rng = np.random.default_rng(11)
+    W, X_i, X_j = _random_case(rng, n=30, d=4)
+    X_train, y_train = rng.random((50, 4)), np.arange(50) % 3
+    y_pair = np.where(rng.random(30) < 0.5, 1, -1)
+    eps = [0.1, 0.0, 0.05]  # any order: one value per budget, in the order given
+    for gamma in ("q0.4", 1.5):
+        g, rate, not_cert = pair_robustness_curves(W, X_train, y_train, X_i, X_j, y_pair, gamma, eps,
+                                                   steps=15, device="cpu")
+        g_ref = resolve_gamma(gamma, W, X_train, y_train)
+        grid = pair_attack_grid(W, X_i, X_j, g_ref, eps, steps=15, y_pair=y_pair, device="cpu")
+        radii = certified_pair_radii(W, X_i, X_j, g_ref, y_pair=y_pair)
+        assert g == g_ref
+        np.testing.assert_array_equal(rate, grid.success_rate[[2, 0, 1]])
+        np.testing.assert_array_equal(not_cert, success_rate_curve(radii, eps))
+        assert np.all(not_cert >= rate)
 
 
 # -- bounds -------------------------------------------------------------------------------
