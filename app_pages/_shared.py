@@ -5,8 +5,12 @@ UI glue only; all computation is in ``arml_core``.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -52,6 +56,39 @@ def init_state() -> dict:
         ss["metrics"] = {}
         ss["upload"] = None
     return ss["sel"]
+
+
+@dataclass
+class Page:
+    """What a page draws from: the selection, the data set, K and the trained metrics."""
+
+    sel: dict
+    ds: data.Dataset
+    K: int
+    recs: dict
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(c) for c in self.ds.classes]
+
+
+@functools.cache
+def _explainers() -> dict:
+    with open(Path(__file__).with_name("explainers.toml"), "rb") as fh:
+        return tomllib.load(fh)
+
+
+def open_page(title: str, explainer: str, *, need_trained: bool = True, check_k: bool = True) -> Page:
+    """The top of every data page: title, the explainer ``explainer`` of explainers.toml,
+    the selected data set (or a clear error) and, with ``need_trained``, the trained
+    metrics (or a way to train them)."""
+    sel = selection()
+    st.title(title)
+    e = _explainers()[explainer]
+    explain(e["topic"], e["latex"], e["text"])
+    ds = current_dataset(sel, check_k=check_k)
+    recs = require_trained(ds, sel) if need_trained else {}
+    return Page(sel, ds, int(sel["K"]), recs)
 
 
 def selection() -> dict:

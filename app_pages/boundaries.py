@@ -8,20 +8,12 @@ from arml_core.metric import metric_from_components
 from arml_core.robustness import minimal_perturbations
 from arml_core.explore import decision_grid_2d, decision_grid_slice, slice_directions
 from arml_core.plots import decision_boundary_figure, display_name, slice_figure
-from app_pages._shared import selection, current_dataset, explain, knn_for, radii, require_trained
+from app_pages._shared import knn_for, open_page, radii
 
-sel = selection()
-st.title("Decision boundaries")
-explain("decision regions",
-        r"f(x) = \operatorname{majority}\{\,y_j : x_j \in \mathrm{KNN}_M(x)\,\},\qquad d_M(a,b) = (a-b)^\top M (a-b)",
-        "Each panel colours the plane by the class K-NN predicts under one metric. Triangles and squares "
-        "are training points; open circles are test points. With the discs on, each correctly classified "
-        "test point gets a disc of its certified radius (exact for 1-NN): no perturbation inside it changes "
-        "the prediction. A robust metric gives larger discs.")
-ds = current_dataset(sel)
-recs = require_trained(ds, sel)
-K = int(sel["K"])
-names = [str(c) for c in ds.classes]
+page = open_page("Decision boundaries", "boundaries")
+sel, ds, K = page.sel, page.ds, page.K
+recs = page.recs
+names = page.class_names
 
 c1, c2 = st.columns(2)
 resolution = int(c1.slider("Grid resolution", 50, 400, 160, step=10, key="b_res"))

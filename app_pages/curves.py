@@ -8,19 +8,11 @@ import streamlit as st
 from arml_core.evaluation import parse_grid, robust_error_table
 from arml_core.metric import robust_error_curve
 from arml_core.plots import display_name, robust_error_figure
-from app_pages._shared import attack_norms, current_dataset, explain, radii, require_trained, selection
+from app_pages._shared import attack_norms, open_page, radii
 
-sel = selection()
-st.title("Robustness curves")
-explain("robust error",
-        r"\mathrm{err}(r) = \frac{1}{n}\,\bigl|\{\,i : \epsilon_i \le r\,\}\bigr|",
-        "For every test point we compute how far (in l2) it must move before its K-NN prediction "
-        "changes: exactly for 1-NN, a certified lower bound for K > 1 (a point is misclassified: 0). "
-        "The robust error at radius r is the fraction of points that could be flipped within r; "
-        "at r = 0 it is the clean error. Lower is better.")
-ds = current_dataset(sel)
-recs = require_trained(ds, sel)
-K = int(sel["K"])
+page = open_page("Robustness curves", "curves")
+sel, ds, K = page.sel, page.ds, page.K
+recs = page.recs
 
 default_grid = st.session_state.get("c_grid_text", "0,0.1,0.2,0.3,0.4,0.5")
 text = st.text_input("Radius grid (comma-separated l2 radii)", default_grid, key="c_grid")

@@ -8,20 +8,12 @@ import streamlit as st
 from arml_core.explore import adversarial_example, neighbours
 from arml_core.metric import metric_from_components
 from arml_core.plots import display_name, feature_bar_figure, image_triplet_figure
-from app_pages._shared import selection, current_dataset, explain, knn_for, radii, require_trained
+from app_pages._shared import knn_for, open_page, radii
 
-sel = selection()
-st.title("Adversarial examples")
-explain("a single adversarial example",
-        r"\epsilon^*(x)=\min_\delta \lVert\delta\rVert_2 \;\;\text{s.t.}\;\; f(x+\delta)\neq y",
-        "Pick a test point: we show its certified radius (no perturbation smaller than it can change the "
-        "prediction) and a perturbation that does change it. For 1-NN the perturbation is the exact "
-        "minimal one, so the two numbers coincide. The neighbour tables show which training points vote "
-        "before and after.")
-ds = current_dataset(sel)
-recs = require_trained(ds, sel)
-K = int(sel["K"])
-names = [str(c) for c in ds.classes]
+page = open_page("Adversarial examples", "examples")
+sel, ds, K = page.sel, page.ds, page.K
+recs = page.recs
+names = page.class_names
 
 method = st.selectbox("Metric", list(recs), format_func=display_name, key="e_method")
 rec = recs[method]

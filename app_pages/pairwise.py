@@ -6,23 +6,13 @@ import pandas as pd
 import streamlit as st
 
 from arml_core.evaluation import parse_grid
-from arml_core.pairwise import (certified_pair_radii, pair_attack, pair_attack_grid, pair_bounds, resolve_gamma,
-                                sample_pairs, success_rate_curve)
+from arml_core.pairwise import pair_attack, pair_bounds, pair_robustness_curves, sample_pairs
 from arml_core.plots import display_name, image_triplet_figure, pair_distance_figure, pair_success_figure
-from app_pages._shared import current_dataset, dataset_key, explain, require_trained, selection
+from app_pages._shared import dataset_key, open_page
 
-sel = selection()
-st.title("Pairwise attacks")
-explain("similarity decisions under attack",
-        r"\text{similar} \iff D(x_i,x_j)=\lVert Wx_i-Wx_j\rVert^2\le\gamma,\qquad"
-        r"\sqrt{D'}\le\sqrt{D}+\epsilon B,\;\; B=\min(\sqrt d\,\sigma_{\max}(W),\ \textstyle\sum_k\lVert W_{:,k}\rVert)",
-        "A metric also decides whether two items are similar. The attacker moves both points (total l∞ "
-        "budget eps, staying in [0, 1]) to flip that decision. The rigorous bound says how far the distance "
-        "can move at most, which certifies pairs; the published first-order bound can be exceeded when "
-        "points may leave [0, 1]. The spectral defence (method 'Spectral defence') penalises the largest "
-        "eigenvalues of WᵀW to keep B small.")
-ds = current_dataset(sel, check_k=False)
-recs = require_trained(ds, sel)
+page = open_page("Pairwise attacks", "pairwise", check_k=False)
+sel, ds, K = page.sel, page.ds, page.K
+recs = page.recs
 
 c1, c2, c3 = st.columns(3)
 n_pairs = int(c1.number_input("Pairs (half similar)", 10, 5000, 400, step=50, key="p_n"))
@@ -39,24 +29,29 @@ except ValueError as exc:
     st.stop()
 steps = int(st.slider("Attack steps", 5, 200, 50, key="p_steps"))
 
-X = np.clip(ds.X_test, 0.0, 1.0)
-if np.any(X != ds.X_test):
-    st.caption("Test features outside [0, 1] (the training scaler applied to test data) are clipped to [0, 1].")
+def test_pairs(ds, n_pairs: int, seed: int):
+    """The test points clipped to [0, 1] and the seeded pairs drawn from them."""
+    X = np.clip(ds.X_test, 0.0, 1.0)
+    return (X, *sample_pairs(X, ds.y_test, n_pairs // 2, n_pairs - n_pairs // 2, random_state=seed))
+
+
 try:
-    ii, jj, y_pair = sample_pairs(X, ds.y_test, n_pairs // 2, n_pairs - n_pairs // 2, random_state=int(sel["seed"]))
+    X, ii, jj, y_pair = test_pairs(ds, n_pairs, int(sel["seed"]))
 except ValueError as exc:
     st.error(str(exc))
     st.stop()
+if np.any(X != ds.X_test):
+    st.caption("Test features outside [0, 1] (the training scaler applied to test data) are clipped to [0, 1].")
+
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def curves_for(_ds, ds_key: str, W_bytes: bytes, W_shape, gamma_spec, eps: tuple, steps: int, n_pairs: int,
                seed: int):
-    """(gamma, attack success rate per eps, fraction not certified per eps), cached."""
+    """(gamma, attack success rate per eps, fraction not certified per eps); the key holds
+    everything the result depends on (the pairs are drawn again from ds, n_pairs, seed)."""
     W = np.frombuffer(W_bytes).reshape(W_shape)
-    gamma = resolve_gamma(gamma_spec, W, _ds.X_train, _ds.y_train)
-    grid = pair_attack_grid(W, X[ii], X[jj], gamma, np.asarray(eps), steps=steps, y_pair=y_pair)
-    radii = certified_pair_radii(W, X[ii], X[jj], gamma, y_pair=y_pair)
-    return gamma, grid.success_rate, success_rate_curve(radii, np.asarray(eps))
+    X, ii, jj, y_pair = test_pairs(_ds, n_pairs, seed)
+    return pair_robustness_curves(W, _ds.X_train, _ds.y_train, X[ii], X[jj], y_pair, gamma_spec, eps, steps=steps)
 
 
 rates, not_cert, gammas, rows = {}, {}, {}, []

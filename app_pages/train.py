@@ -11,20 +11,11 @@ from arml_core.evaluation import clean_error
 from arml_core.metric import metric_from_components
 from arml_core.persistence import load_metric, metric_to_bytes
 from arml_core.plots import clean_error_figure, display_name, loss_curve_figure, robust_error_figure
-from app_pages._shared import (selection, ARML_DEFAULTS, current_dataset, explain, put_metric, radii,
-                           trained, train)
+from app_pages._shared import ARML_DEFAULTS, open_page, put_metric, radii, train, trained
 
-sel = selection()
-st.title("Train & compare")
-explain("training",
-        r"\min_G \; \frac{1}{N}\sum_i \ell\!\left(\frac{d_M(x_i,n_i)-d_M(x_i,p_i)}{2\lVert M(p_i-n_i)\rVert_2}\right),"
-        r"\qquad M = G^\top G",
-        "ARML moves the metric so that, for each training point, the nearest other-class points are "
-        "far from the bisector with its same-class neighbours — measured in input-space distance. "
-        "The baselines (NCA, LMNN, ITML, LFDA) optimise for accuracy alone; Euclidean is M = I.")
-ds = current_dataset(sel)
+page = open_page("Train & compare", "train", need_trained=False)
+sel, ds, K = page.sel, page.ds, page.K
 st.caption(ds.description)
-K = int(sel["K"])
 
 with st.expander("ARML settings", expanded=False):
     p = st.session_state["arml_params"]
