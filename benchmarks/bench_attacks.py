@@ -43,10 +43,11 @@ def timed(fn, *args, **kw):
 def load_metric_file(path: str, D: int) -> np.ndarray:
     p = Path(path)
     if p.suffix == ".npz":
+        from arml_core.metric import metric_from_components
         from arml_core.persistence import load_metric
 
         G, _ = load_metric(p, n_features=D)
-        return G.T @ G
+        return metric_from_components(G)
     M = np.load(p)
     if M.shape != (D, D):
         raise SystemExit(f"--metric {path}: expected a {D}x{D} matrix M, got shape {M.shape}")

@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from arml_core.device import device_label  # noqa: E402
+from arml_core.metric import metric_from_components  # noqa: E402
 from arml_core.robustness.exact import minimal_perturbations, verify_perturbations  # noqa: E402
 
 DATA_DIR = "/work/shared/data"
@@ -55,7 +56,7 @@ def load_pendigits(n_test: int):
 def random_metric(D: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     G = rng.standard_normal((D, D))
-    M = G.T @ G
+    M = metric_from_components(G)
     return M * (D / np.trace(M))
 
 

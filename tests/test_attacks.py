@@ -19,13 +19,13 @@ from arml_core.robustness.attacks import (
     _region_run,
     _RegionSolver,
     attack,
-    empirical_robust_error,
     make_attack,
 )
 from arml_core.robustness.certify import certified_radii
 from arml_core.robustness.exact import minimal_perturbations
 from arml_core.knn import MahalanobisKNN
-from arml_core.metric import components_from_metric
+from arml_core.metric import components_from_metric, metric_from_components
+from arml_core.metric import robust_error_curve as empirical_robust_error
 
 
 def make_problem(seed, D=3, n_classes=3, n_train=90, n_test=14, metric="full", spread=0.18):
@@ -44,10 +44,10 @@ def make_problem(seed, D=3, n_classes=3, n_train=90, n_test=14, metric="full", s
         M = np.eye(D)
     elif metric == "full":
         G = rng.standard_normal((D, D))
-        M = G.T @ G / D
+        M = metric_from_components(G) / D
     elif metric == "lowrank":
         G = rng.standard_normal((max(1, D // 2), D))
-        M = G.T @ G
+        M = metric_from_components(G)
     else:
         raise AssertionError(metric)
     return X, y, Xt, yt, M

@@ -6,6 +6,7 @@ import pytest
 
 from arml_core.robustness.certify import certified_radii, certified_radii_bruteforce
 from arml_core.knn import MahalanobisKNN
+from arml_core.metric import metric_from_components
 
 
 def _problem(seed, n_classes, d=5, n=90, n_test=25, rank=None):
@@ -17,7 +18,7 @@ def _problem(seed, n_classes, d=5, n=90, n_test=25, rank=None):
     yt = rng.integers(0, n_classes, n_test)
     Xt = centers[yt] + 0.25 * rng.normal(size=(n_test, d))
     G = rng.normal(size=(rank or d, d))
-    return X, y, Xt, yt, G.T @ G
+    return X, y, Xt, yt, metric_from_components(G)
 
 
 @pytest.mark.parametrize("K", [1, 3, 5, 11])

@@ -11,6 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from arml_core.robustness.exact import ConvergenceError, minimal_perturbations, verify_perturbations
 from arml_core.knn import MahalanobisKNN
+from arml_core.metric import metric_from_components
 
 
 def make_problem(seed, D, n_classes, metric="full", n_train=60, n_test=16):
@@ -32,10 +33,10 @@ def make_problem(seed, D, n_classes, metric="full", n_train=60, n_test=16):
         M = np.eye(D)
     elif metric == "full":
         G = rng.standard_normal((D, D))
-        M = G.T @ G / D
+        M = metric_from_components(G) / D
     elif metric == "lowrank":
         G = rng.standard_normal((max(1, D // 2), D))
-        M = G.T @ G
+        M = metric_from_components(G)
     else:
         raise AssertionError(metric)
     return X, y, Xt, yt, M

@@ -1,45 +1,27 @@
 """Certified lower bound on the minimal adversarial l2 perturbation of Mahalanobis K-NN.
 
-ARML Theorem 1 (``ARML_NOTES.md`` sections 3-4): for a correctly classified test
-point ``x`` with label ``y`` and ``k = (K + 1) / 2``
-
-    eps*(x) >= kth_min_{n: y_n != y}  kth_max_{p: y_p == y}  eps_t(p, n, x),
-    eps_t(p, n, x) = [d_M(x, n) - d_M(x, p)]_+ / (2 ||M (p - n)||).
-
-Three evaluations of the same bound are offered, all exact:
-
-* ``'naive'``: the pair denominators ``c_pn = 2 ||M (p - n)||`` recomputed for every
-  test point (O(N^2 D) per point); the baseline of the speed benchmark.
-* ``'cached'``: ``c_pn`` computed once per class (a Euclidean distance matrix of the
-  rows of ``X M``) and reused for every test point of that class.
-* ``'pruned'`` (default): as ``'cached'``, and for each test point a cheap lower bound
-  on every negative's inner value (the k-th largest over the ``s`` nearest same-class
-  points, a subset of the k-th largest over all of them) discards the negatives that
-  cannot be among the k smallest; the survivors are evaluated exactly, and a point whose
-  survivors do not prove the answer is retried with more of them. The answer is the
-  same number as ``'cached'``.
+:func:`certified_radii` evaluates ARML Theorem 1 (``ARML_NOTES.md`` sections 3-4): for a
+correctly classified ``x`` with label ``y`` and ``k = (K + 1) / 2``,
+``eps*(x) >= kth_min_n kth_max_p eps_t(p, n, x)`` over other-class ``n`` and same-class
+``p``, with the triplet margin of :func:`arml_core.metric.triplet_margin` clamped at 0.
+Three evaluations of the same bound, all exact (``method``): 'naive', 'cached' and
+'pruned' (:class:`_ClassBlock`). :func:`certified_radii_bruteforce` is a direct
+transcription with Python loops, for tests.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import numpy as np
 import torch
 
+from .._validation import PointProgress, check_choice, check_data, check_integer
 from ..device import resolve_device
-from .._validation import check_train_test
 from ..knn import MahalanobisKNN, check_n_neighbors, pairwise_sq_dists
-from ..metric import check_metric, components_from_metric
+from ..metric import components_from_metric, triplet_margin
 
 METHODS = ("pruned", "cached", "naive")
 _ZERO_DENOM = 1e-12  # c_pn below this (relative to the largest) means M (p - n) = 0
-
-
-def _check_inputs(X_train, y_train, X_test, y_test, M):
-    X_train, y_train, X_test, y_test = check_train_test(X_train, y_train, X_test, y_test)
-    M = check_metric(M, X_train.shape[1])
-    return X_train, y_train, X_test, y_test, M
 
 
 def certified_radii(
@@ -54,17 +36,29 @@ def certified_radii(
     method: str = "pruned",
     n_screen: int | None = None,
     memory_budget: int = 2**27,
-    progress: Callable[[int, int], None] | None = None,
+    progress: PointProgress | None = None,
 ) -> np.ndarray:
     """Certified robust radius (l2, input space) of every test point; 0 where misclassified.
+
+    ``M`` is the Mahalanobis matrix (``None``: Euclidean), ``n_neighbors`` the odd K.
+    ``method`` chooses the evaluation, all three exact and equal:
+
+    * ``'naive'``: the pair denominators ``c_pn = 2 ||M (p - n)||`` recomputed for every
+      test point (O(N^2 D) per point); the baseline of the speed benchmark.
+    * ``'cached'``: ``c_pn`` computed once per class (a Euclidean distance matrix of the
+      rows of ``X M``) and reused for every test point of that class.
+    * ``'pruned'`` (default): as ``'cached'``, and per test point a cheap lower bound on
+      every negative's inner value discards the negatives that cannot be among the k
+      smallest (:meth:`_ClassBlock.pruned`); ``n_screen`` (default ``k``) nearest
+      same-class points make that bound.
 
     ``memory_budget`` caps the number of float64 entries held in one block (about
     1 GiB at the default); larger class blocks are processed in chunks of negatives.
     ``progress(done, total)`` is called as test points are finished.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    X_train, y_train, X_test, y_test, M = _check_inputs(X_train, y_train, X_test, y_test, M)
+    check_choice("method", method, METHODS)
+    check_integer("n_screen", n_screen, 1, allow_none=True)
+    X_train, y_train, X_test, y_test, M = check_data(X_train, y_train, X_test, y_test, M)
     K = check_n_neighbors(n_neighbors, y_train)
     k = (K + 1) // 2
     dev = resolve_device(device)
@@ -98,27 +92,28 @@ def certified_radii(
             continue
         pos = torch.as_tensor(np.flatnonzero(y_tr == c), device=dev)
         neg = torch.as_tensor(np.flatnonzero(y_tr != c), device=dev)
-        ctx = _ClassContext(Ztr, sq_tr, W, pos, neg, k, memory_budget, lam_max)
+        block = _ClassBlock(Ztr, sq_tr, W, pos, neg, k, memory_budget, lam_max)
         # test points of this class in blocks whose a/b matrices fit the budget
         step = max(1, memory_budget // (4 * len(X_train)))
         for s in range(0, len(rows), step):
-            blk = rows[s : s + step]
-            zt = Zte[torch.as_tensor(blk, device=dev)]
+            chunk = rows[s : s + step]
+            zt = Zte[torch.as_tensor(chunk, device=dev)]
             if method == "naive":
-                vals = ctx.naive(zt)
+                vals = block.naive(zt)
             elif method == "cached":
-                vals = ctx.cached(zt)
+                vals = block.cached(zt)
             else:
-                vals = ctx.pruned(zt, n_screen)
-            radii[blk] = np.clip(vals.cpu().numpy(), 0.0, None)
-            done += len(blk)
+                vals = block.pruned(zt, n_screen)
+            radii[chunk] = np.clip(vals.cpu().numpy(), 0.0, None)
+            done += len(chunk)
             if progress is not None:
                 progress(done, n_test)
     return radii
 
 
-class _ClassContext:
-    """Everything about one class ``c``: its positives, negatives and pair denominators.
+class _ClassBlock:
+    """The block of one class ``c``: its training points (the positives), the others (the
+    negatives) and their pair denominators, reused by every test point of class ``c``.
 
     The denominators are stored as reciprocals ``1 / c_pn`` (0 for the degenerate pairs
     with ``M (p - n) = 0``: n and p are then always equidistant, and 0 is the
@@ -140,14 +135,14 @@ class _ClassContext:
             )
         self._tiny = _ZERO_DENOM * max(1.0, float(2 * W.norm(dim=1).max()))
         self.cached_all = n_p * n_n <= budget
-        self._invCt = None
+        self._inv_den_all = None
 
     @property
-    def invCt(self) -> torch.Tensor:
+    def inv_den_all(self) -> torch.Tensor:
         """All reciprocal denominators, (n_n, n_p), computed once on first use."""
-        if self._invCt is None:
-            self._invCt = self._inv_denoms(self.Wn, self.Wp)
-        return self._invCt
+        if self._inv_den_all is None:
+            self._inv_den_all = self._inv_denoms(self.Wn, self.Wp)
+        return self._inv_den_all
 
     def _inv_denoms(self, Wa, Wb) -> torch.Tensor:
         """1 / (2 ||Wa_i - Wb_j||) with 0 for the degenerate pairs."""
@@ -161,15 +156,16 @@ class _ClassContext:
     def _kth_min_last(self, v: torch.Tensor) -> torch.Tensor:
         return torch.topk(v, self.k, dim=-1, largest=False, sorted=True).values[..., -1]
 
-    def _ab(self, zt):
+    def _sq_dists(self, zt):
+        """``a``: squared distances of test points ``zt`` (in ``Z``) to the negatives (T, n_n);
+        ``b``: to the positives (T, n_p)."""
         a = pairwise_sq_dists(zt, self.Zn, self.sqn)  # (T, n_n)
         b = pairwise_sq_dists(zt, self.Zp, self.sqp)  # (T, n_p)
         return a, b
 
-    def _inner_block(self, a, b, invCt) -> torch.Tensor:
-        """kth_max over p of eps_t for a (T, m) block of negatives; invCt is (T|1, m, n_p)."""
-        eps = (a[:, :, None] - b[:, None, :]).mul_(invCt)
-        return self._kth_max_last(eps)
+    def _inner_block(self, a, b, inv_den) -> torch.Tensor:
+        """kth_max over p of eps_t for a (T, m) block of negatives; inv_den is (T|1, m, n_p)."""
+        return self._kth_max_last(triplet_margin(a[:, :, None], b[:, None, :], inv_denominator=inv_den))
 
     # -- the three evaluations -------------------------------------------------------------
     def naive(self, zt) -> torch.Tensor:
@@ -178,29 +174,29 @@ class _ClassContext:
         step = max(1, min(n_n, self.budget // max(1, n_p)))
         res = []
         for t in range(len(zt)):
-            a, b = self._ab(zt[t : t + 1])
+            a, b = self._sq_dists(zt[t : t + 1])
             inner = torch.empty(1, n_n, dtype=a.dtype, device=a.device)
             for s in range(0, n_n, step):
                 sl = slice(s, min(n_n, s + step))
-                invCt = self._inv_denoms(self.Wn[sl], self.Wp)[None]
-                inner[:, sl] = self._inner_block(a[:, sl], b, invCt)
+                inv_den = self._inv_denoms(self.Wn[sl], self.Wp)[None]
+                inner[:, sl] = self._inner_block(a[:, sl], b, inv_den)
             res.append(self._kth_min_last(inner))
         return torch.cat(res)
 
     def cached(self, zt) -> torch.Tensor:
         """Every negative evaluated, denominators computed once per class (or per chunk)."""
         n_p, n_n = len(self.Zp), len(self.Zn)
-        a, b = self._ab(zt)
+        a, b = self._sq_dists(zt)
         T = len(zt)
         inner = torch.empty(T, n_n, dtype=a.dtype, device=a.device)
         col = max(1, min(n_n, self.budget // max(1, 2 * n_p)))
         row = max(1, self.budget // max(1, 2 * col * n_p))
         for s in range(0, n_n, col):
             sl = slice(s, min(n_n, s + col))
-            invCt = self.invCt[sl] if self.cached_all else self._inv_denoms(self.Wn[sl], self.Wp)
+            inv_den = self.inv_den_all[sl] if self.cached_all else self._inv_denoms(self.Wn[sl], self.Wp)
             for r in range(0, T, row):
                 rs = slice(r, r + row)
-                inner[rs, sl] = self._inner_block(a[rs, sl], b[rs], invCt[None])
+                inner[rs, sl] = self._inner_block(a[rs, sl], b[rs], inv_den[None])
         return self._kth_min_last(inner)
 
     def _exact_inner(self, a, b, cand) -> torch.Tensor:
@@ -213,8 +209,8 @@ class _ClassContext:
         for r in range(0, t, step):  # bounded memory for large m
             rs = slice(r, r + step)
             cols, c_pos = torch.unique(cand[rs], return_inverse=True)
-            invCt = self._inv_denoms(self.Wn[cols], self.Wp)[c_pos]  # (t, m, n_p)
-            inner[rs] = self._inner_block(torch.gather(a[rs], 1, cand[rs]), b[rs], invCt)
+            inv_den = self._inv_denoms(self.Wn[cols], self.Wp)[c_pos]  # (t, m, n_p)
+            inner[rs] = self._inner_block(torch.gather(a[rs], 1, cand[rs]), b[rs], inv_den)
         return inner
 
     def pruned(self, zt, n_screen: int | None) -> torch.Tensor:
@@ -235,7 +231,7 @@ class _ClassContext:
         """
         k = self.k
         n_p, n_n = len(self.Zp), len(self.Zn)
-        a, b = self._ab(zt)
+        a, b = self._sq_dists(zt)
         T = len(zt)
         # 1-2: the prefix R of negatives by distance that can matter
         m0 = min(n_n, max(2 * k, 16))
@@ -246,7 +242,7 @@ class _ClassContext:
         aR, R = torch.topk(a, L, dim=1, largest=False, sorted=True)  # (T, L)
         outside = aR > thr[:, None]  # beyond this point's own prefix: inner value > U
         # 3: the tighter bound on R
-        s = min(n_p, n_screen if n_screen is not None else k)
+        s = min(n_p, max(k, n_screen) if n_screen is not None else k)
         bS, S = torch.topk(b, s, dim=1, largest=False)  # (T, s)
         LB = torch.empty(T, L, dtype=a.dtype, device=a.device)
         tb = max(1, min(T, self.budget // max(1, 4 * s * L), int(math.sqrt(self.budget / max(1, 4 * s * L)))))
@@ -256,7 +252,7 @@ class _ClassContext:
             cols, R_pos = torch.unique(R[ts], return_inverse=True)
             inv = self._inv_denoms(self.Wp[rows], self.Wn[cols])  # (|rows|, |cols|)
             inv = inv[S_pos[:, :, None], R_pos[:, None, :]]  # (t, s, L)
-            eps = (aR[ts, None, :] - bS[ts, :, None]).mul_(inv)
+            eps = triplet_margin(aR[ts, None, :], bS[ts, :, None], inv_denominator=inv)
             LB[ts] = eps.min(1).values if s == k else torch.topk(eps, k, dim=1).values[:, -1]
         LB.masked_fill_(outside, float("inf"))
         # 4: exact values in increasing bound until proven
@@ -280,7 +276,7 @@ class _ClassContext:
 
 def certified_radii_bruteforce(X_train, y_train, X_test, y_test, M, n_neighbors) -> np.ndarray:
     """Direct transcription of the bound with Python loops over test points (slow)."""
-    X_train, y_train, X_test, y_test, M = _check_inputs(X_train, y_train, X_test, y_test, M)
+    X_train, y_train, X_test, y_test, M = check_data(X_train, y_train, X_test, y_test, M)
     K = check_n_neighbors(n_neighbors, y_train)
     k = (K + 1) // 2
     pred = MahalanobisKNN(M, n_neighbors=K, device="cpu").fit(X_train, y_train).predict(X_test)
@@ -294,7 +290,8 @@ def certified_radii_bruteforce(X_train, y_train, X_test, y_test, M, n_neighbors)
         inner = np.empty(len(Nn))
         for j, n in enumerate(Nn):
             den = 2.0 * np.linalg.norm((P - n) @ M, axis=1)
-            eps = np.where(den > 1e-12, np.maximum(dN[j] - dP, 0) / np.maximum(den, 1e-300), 0.0)
+            eps_t = triplet_margin(dN[j], dP, denominator=np.maximum(den, 1e-300))
+            eps = np.where(den > 1e-12, np.maximum(eps_t, 0), 0.0)
             inner[j] = np.sort(eps)[-k]
         out[t] = np.sort(inner)[k - 1]
     return out
