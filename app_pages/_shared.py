@@ -5,6 +5,7 @@ UI glue only; all computation is in ``arml_core``.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -21,8 +22,9 @@ from arml_core.evaluation import fit_metric, radii_for
 from arml_core.knn import MahalanobisKNN
 from arml_core.metric import metric_from_components
 from arml_core.learners import LEARNERS
-from arml_core.plots import display_name
+from arml_core.plots import display_name, pruned_key
 from arml_core.persistence import cached_metric, run_key, store_metric
+from arml_core.pruning import adversarial_pruning
 
 RUNS_DIR = os.environ.get("ARML_RUNS_DIR", "runs")
 MAX_UPLOAD_MB = 50
@@ -43,9 +45,25 @@ def _from_query(q) -> dict:
                 sel[k] = max(0, int(q[k]))
         if "methods" in q:
             sel["methods"] = [m for m in q["methods"].split(",") if m in LEARNERS]
+        if "prune" in q:
+            sel["prune"] = parse_prune(q["prune"])
     except (ValueError, TypeError):
         pass  # a hand-edited URL falls back to the defaults for what it got wrong
     return sel
+
+
+def parse_prune(text: str) -> dict[str, float]:
+    """``"arml:0.1,euclidean:0.05"`` -> {method: pruning radius}; bad entries are dropped."""
+    out = {}
+    for item in str(text).split(","):
+        method, _, r = item.partition(":")
+        try:
+            value = float(r)
+        except ValueError:
+            continue
+        if method in LEARNERS and np.isfinite(value) and value > 0:
+            out[method] = value
+    return out
 
 
 def init_state() -> dict:
@@ -78,16 +96,19 @@ def _explainers() -> dict:
         return tomllib.load(fh)
 
 
-def open_page(title: str, explainer: str, *, need_trained: bool = True, check_k: bool = True) -> Page:
+def open_page(title: str, explainer: str, *, need_trained: bool = True, check_k: bool = True,
+              pruned: bool = True) -> Page:
     """The top of every data page: title, the explainer ``explainer`` of explainers.toml,
     the selected data set (or a clear error) and, with ``need_trained``, the trained
-    metrics (or a way to train them)."""
+    metrics (or a way to train them), with ``pruned`` their pruned variants too."""
     sel = selection()
     st.title(title)
     e = _explainers()[explainer]
     explain(e["topic"], e["latex"], e["text"])
     ds = current_dataset(sel, check_k=check_k)
     recs = require_trained(ds, sel) if need_trained else {}
+    if pruned and recs:
+        recs = with_pruning(ds, sel, recs, int(sel["K"]))
     return Page(sel, ds, int(sel["K"]), recs)
 
 
@@ -139,8 +160,11 @@ def sidebar() -> dict:
     ss["w_K"] = int(sel["K"])
     sb.number_input("K (odd)", min_value=1, step=2, key="w_K", on_change=_copy("w_K", "K"))
     sb.caption(f"Device: **{device_label('auto')}**")
-    st.query_params.from_dict({"dataset": sel["dataset"], "n_train": sel["n_train"], "n_test": sel["n_test"],
-                               "seed": sel["seed"], "methods": ",".join(sel["methods"]), "K": sel["K"]})
+    query = {"dataset": sel["dataset"], "n_train": sel["n_train"], "n_test": sel["n_test"],
+             "seed": sel["seed"], "methods": ",".join(sel["methods"]), "K": sel["K"]}
+    if sel.get("prune"):
+        query["prune"] = ",".join(f"{m}:{r:g}" for m, r in sel["prune"].items())
+    st.query_params.from_dict(query)
     return sel
 
 
@@ -268,6 +292,41 @@ def require_trained(ds, sel) -> dict:
     return recs
 
 
+# -- adversarial pruning (a data-side defence) ---------------------------------------------------
+@st.cache_data(show_spinner="Pruning the training set…", max_entries=32)
+def _kept_cached(_ds: data.Dataset, ds_key: str, G_bytes: bytes, G_shape, r: float):
+    G = np.frombuffer(G_bytes).reshape(G_shape)
+    return adversarial_pruning(_ds.X_train, _ds.y_train, metric_from_components(G), r, return_result=True)
+
+
+def with_pruning(ds, sel, recs: dict, K: int) -> dict:
+    """``recs`` and, for every method with a pruning radius (``sel['prune']``), its pruned
+    variant: the same metric, K-NN on the training points adversarial pruning keeps."""
+    out = dict(recs)
+    for m, r in sel.get("prune", {}).items():
+        if m not in recs:
+            continue
+        G = np.ascontiguousarray(recs[m]["G"], dtype=np.float64)
+        res = _kept_cached(ds, dataset_key(ds, sel), G.tobytes(), G.shape, float(r))
+        view = training_view(ds, {"kept": res.kept})
+        try:
+            data.validate_for_k(view, K)
+        except ValueError as exc:
+            st.warning(f"{display_name(pruned_key(m, r))}: the pruned training set cannot be used with K = {K} "
+                       f"({exc}); lower the pruning radius.")
+            continue
+        out[pruned_key(m, r)] = {**recs[m], "kept": res.kept, "pruning": res, "base": m}
+    return out
+
+
+def training_view(ds: data.Dataset, rec: dict) -> data.Dataset:
+    """The data set a record's K-NN uses: all training points, or those pruning kept."""
+    kept = rec.get("kept")
+    if kept is None:
+        return ds
+    return dataclasses.replace(ds, X_train=ds.X_train[kept], y_train=ds.y_train[kept])
+
+
 # -- cached computations ------------------------------------------------------------------------
 @st.cache_data(show_spinner=False, max_entries=64)
 def radii_cached(_ds: data.Dataset, ds_key: str, method: str, G_bytes: bytes, G_shape, K: int):
@@ -277,7 +336,7 @@ def radii_cached(_ds: data.Dataset, ds_key: str, method: str, G_bytes: bytes, G_
 
 def radii(ds, sel, method, rec, K):
     G = np.ascontiguousarray(rec["G"], dtype=np.float64)
-    return radii_cached(ds, dataset_key(ds, sel), method, G.tobytes(), G.shape, int(K))
+    return radii_cached(training_view(ds, rec), dataset_key(ds, sel), method, G.tobytes(), G.shape, int(K))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -293,11 +352,13 @@ def attack_norms_cached(_ds: data.Dataset, ds_key: str, method: str, G_bytes: by
 
 def attack_norms(ds, sel, method, rec, K, attack_method="region"):
     G = np.ascontiguousarray(rec["G"], dtype=np.float64)
-    return attack_norms_cached(ds, dataset_key(ds, sel), method, G.tobytes(), G.shape, int(K), attack_method)
+    return attack_norms_cached(training_view(ds, rec), dataset_key(ds, sel), method, G.tobytes(), G.shape, int(K),
+                               attack_method)
 
 
 def knn_for(ds, rec, K) -> MahalanobisKNN:
-    return MahalanobisKNN(metric_from_components(rec["G"]), n_neighbors=int(K)).fit(ds.X_train, ds.y_train)
+    view = training_view(ds, rec)
+    return MahalanobisKNN(metric_from_components(rec["G"]), n_neighbors=int(K)).fit(view.X_train, view.y_train)
 
 
 def explain(title: str, latex: str, text: str) -> None:

@@ -8,7 +8,7 @@ from arml_core.metric import metric_from_components
 from arml_core.robustness import minimal_perturbations
 from arml_core.explore import decision_grid_2d, decision_grid_slice, slice_directions
 from arml_core.plots import decision_boundary_figure, display_name, slice_figure
-from app_pages._shared import knn_for, open_page, radii
+from app_pages._shared import knn_for, open_page, radii, training_view
 
 page = open_page("Decision boundaries", "boundaries")
 sel, ds, K = page.sel, page.ds, page.K
@@ -26,8 +26,11 @@ if ds.n_features == 2:
         knn = knn_for(ds, rec, K)
         grid = decision_grid_2d(knn, X_all, resolution=resolution)
         r = radii(ds, sel, m, rec, K)[0] if show_discs else None
-        fig = decision_boundary_figure(grid, ds.X_train, ds.y_train, X_test=ds.X_test, y_test=ds.y_test,
-                                       radii=r, class_names=names, title=f"{display_name(m)}, {K}-NN")
+        view = training_view(ds, rec)
+        removed = np.delete(ds.X_train, rec["kept"], axis=0) if "kept" in rec else None
+        fig = decision_boundary_figure(grid, view.X_train, view.y_train, X_test=ds.X_test, y_test=ds.y_test,
+                                       radii=r, class_names=names, title=f"{display_name(m)}, {K}-NN",
+                                       removed=removed)
         cols[i % len(cols)].plotly_chart(fig, key=f"b_fig_{m}")
 else:
     st.write(f"The data have {ds.n_features} features: the picture is a 2-D slice through one test point, "
@@ -39,7 +42,8 @@ else:
                           key="b_second")
     M = metric_from_components(recs[method]["G"])
     with st.spinner("exact minimal perturbation of this point (1-NN)…"):
-        norms, deltas = minimal_perturbations(ds.X_train, ds.y_train, ds.X_test[idx:idx + 1],
+        base = training_view(ds, recs[method])
+        norms, deltas = minimal_perturbations(base.X_train, base.y_train, ds.X_test[idx:idx + 1],
                                               ds.y_test[idx:idx + 1], M)
     if norms[0] == 0:
         st.warning(f"Test point {idx} is already misclassified by 1-NN under {display_name(method)}: "

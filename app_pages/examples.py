@@ -8,7 +8,7 @@ import streamlit as st
 from arml_core.explore import adversarial_example, neighbours
 from arml_core.metric import metric_from_components
 from arml_core.plots import display_name, feature_bar_figure, image_triplet_figure
-from app_pages._shared import knn_for, open_page, radii
+from app_pages._shared import knn_for, open_page, radii, training_view
 
 page = open_page("Adversarial examples", "examples")
 sel, ds, K = page.sel, page.ds, page.K
@@ -49,7 +49,8 @@ if pred[idx] != y:
 box = st.checkbox("Keep the adversarial point inside [0, 1]^D", value=False, key="e_box")
 with st.spinner("solving the exact minimal perturbation…" if K == 1 else "region attack (white-box) on this point…"):
     try:
-        adv = adversarial_example(ds.X_train, ds.y_train, x, y, M, K, box=(0.0, 1.0) if box else None)
+        view = training_view(ds, rec)
+        adv = adversarial_example(view.X_train, view.y_train, x, y, M, K, box=(0.0, 1.0) if box else None)
     except ValueError as exc:
         st.error(str(exc))
         st.stop()

@@ -10,7 +10,7 @@ from arml_core.pairwise import pair_attack, pair_bounds, pair_robustness_curves,
 from arml_core.plots import display_name, image_triplet_figure, pair_distance_figure, pair_success_figure
 from app_pages._shared import dataset_key, open_page
 
-page = open_page("Pairwise attacks", "pairwise", check_k=False)
+page = open_page("Pairwise attacks", "pairwise", check_k=False, pruned=False)
 sel, ds, K = page.sel, page.ds, page.K
 recs = page.recs
 

@@ -11,7 +11,8 @@ from arml_core.evaluation import clean_error
 from arml_core.metric import metric_from_components
 from arml_core.persistence import load_metric, metric_to_bytes
 from arml_core.plots import clean_error_figure, display_name, loss_curve_figure, robust_error_figure
-from app_pages._shared import ARML_DEFAULTS, open_page, put_metric, radii, train, trained
+from app_pages._shared import (ARML_DEFAULTS, open_page, put_metric, radii, train, trained, training_view,
+                               with_pruning)
 
 page = open_page("Train & compare", "train", need_trained=False)
 sel, ds, K = page.sel, page.ds, page.K
@@ -30,6 +31,21 @@ with st.expander("ARML settings", expanded=False):
         st.session_state["arml_params"] = dict(ARML_DEFAULTS)
         st.rerun()
 
+with st.expander("Adversarial pruning (a data-side defence)", expanded=bool(sel.get("prune"))):
+    st.write("Yang et al. (AISTATS 2020): remove the fewest training points so that no two points of different "
+             "classes are closer than 2r (measured as twice the distance to their bisector under the metric), "
+             "then run the usual K-NN on what is left. It composes with any metric: each method with r > 0 is "
+             "shown a second time, pruned, on every page.")
+    cols = st.columns(max(1, len(sel["methods"])))
+    prune = {}
+    for col, m in zip(cols, sel["methods"]):
+        r = float(col.number_input(f"r for {display_name(m)} (0 = off)", 0.0, 10.0,
+                                   float(sel.get("prune", {}).get(m, 0.0)), step=0.05, format="%.3f",
+                                   key=f"t_prune_{m}"))
+        if r > 0:
+            prune[m] = r
+    sel["prune"] = prune
+
 methods = sel["methods"]
 if not methods:
     st.info("Select at least one method in the sidebar.")
@@ -44,14 +60,15 @@ if not have:
     c2.info("Nothing trained yet for this selection: press the button.")
     st.stop()
 
+have = with_pruning(ds, sel, have, K)
 rows, curves, kinds, cleans = [], {}, {}, {}
 for m, rec in have.items():
     r, kind = radii(ds, sel, m, rec, K)
-    cleans[m] = clean_error(ds, metric_from_components(rec["G"]), K)
+    cleans[m] = clean_error(training_view(ds, rec), metric_from_components(rec["G"]), K)
     curves[m], kinds[m] = r, kind
     rows.append({"method": display_name(m), "clean error (%)": round(100 * cleans[m], 1),
-                 "median radius": float(np.median(r)), "fit time (s)": round(rec["fit_time"], 2),
-                 "source": rec["source"]})
+                 "median radius": float(np.median(r)), "training points": len(training_view(ds, rec).y_train),
+                 "fit time (s)": round(rec["fit_time"], 2), "source": rec["source"]})
 st.dataframe(pd.DataFrame(rows).set_index("method"), key="t_table")
 left, right = st.columns([2, 1])
 left.plotly_chart(robust_error_figure(curves, kind_by_method=kinds), key="t_curve")
@@ -66,7 +83,8 @@ for m, rec in have.items():
 
 st.subheader("Save or load a metric")
 c1, c2 = st.columns(2)
-pick = c1.selectbox("Metric to download", list(have), format_func=display_name, key="t_dl_pick")
+pick = c1.selectbox("Metric to download", [m for m in have if "kept" not in have[m]], format_func=display_name,
+                    key="t_dl_pick")
 c1.download_button("Download .npz", metric_to_bytes(have[pick]["G"], {"dataset": ds.name, "method": pick}),
                    file_name=f"{ds.name}_{pick}.npz", mime="application/octet-stream", key="t_dl")
 up = c2.file_uploader("Upload a metric (.npz)", type=["npz"], key="t_upload")

@@ -36,6 +36,7 @@ _EXPORTS = {
                    "AttackResult", "RegionAttack", "BoundaryAttack", "HopSkipJumpAttack", "ConvergenceError"),
     "evaluation": ("evaluate", "fit_metric", "parse_grid", "radii_for", "Evaluation"),
     "persistence": ("save_metric", "load_metric", "metric_to_bytes"),
+    "pruning": ("adversarial_pruning", "PruningResult"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -6,9 +6,32 @@ from typing import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from .learners.registry import LEARNERS as DISPLAY  # noqa: F401  (kept for callers; one table of methods)
-from .learners.registry import PALETTE, display_name
+from .learners.registry import PALETTE
+from .learners.registry import display_name as learner_name
 from .metric import robust_error_curve
+
+PRUNED = "+prune@"  # a method key with a pruning radius: "arml+prune@0.1"
+
+
+def pruned_key(method: str, r: float) -> str:
+    """The key of ``method`` with adversarial pruning at radius ``r`` (a data-side defence)."""
+    return f"{method}{PRUNED}{float(r):g}"
+
+
+def display_name(method: str) -> str:
+    """The display name of a method key (a learner, its pruned variant, or a file name)."""
+    base, sep, r = method.partition(PRUNED)
+    return f"{learner_name(base)} + pruning (r = {r})" if sep else learner_name(method)
+
+
+def method_colour(method: str, default: str = "#888888") -> str:
+    """One colour per method on every page; a pruned variant gets a darker shade of it."""
+    base, sep, _ = method.partition(PRUNED)
+    colour = PALETTE.get(base, default)
+    if not sep:
+        return colour
+    rgb = [int(colour[i:i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{int(0.55 * v):02x}" for v in rgb)
 
 
 def fine_grid(radii_by_method: Mapping[str, np.ndarray], n: int = 121) -> np.ndarray:
@@ -28,7 +51,7 @@ def robust_error_figure(radii_by_method: Mapping[str, np.ndarray], *, grid: Sequ
     fig = go.Figure()
     for method, radii in radii_by_method.items():
         kind = (kind_by_method or {}).get(method, "certified")
-        color = PALETTE.get(method)
+        color = method_colour(method)
         fig.add_trace(go.Scatter(
             x=grid, y=100 * robust_error_curve(radii, grid), mode="lines",
             name=f"{display_name(method)} ({kind})", line=dict(color=color, width=2.5, shape="hv"),
@@ -56,7 +79,7 @@ def loss_curve_figure(loss_curve: Sequence[float], *, title: str = "ARML trainin
 def clean_error_figure(errors: Mapping[str, float]) -> go.Figure:
     names = list(errors)
     fig = go.Figure(go.Bar(x=[display_name(m) for m in names], y=[100 * errors[m] for m in names],
-                           marker_color=[PALETTE.get(m, "#888") for m in names],
+                           marker_color=[method_colour(m) for m in names],
                            text=[f"{100 * errors[m]:.1f}%" for m in names], textposition="outside"))
     fig.update_layout(title="Clean error", yaxis_title="error (%)", template="plotly_white",
                       margin=dict(l=40, r=10, t=50, b=40))
@@ -95,10 +118,12 @@ def _circle(cx, cy, r, n=64):
 
 
 def decision_boundary_figure(grid, X_train, y_train, *, X_test=None, y_test=None, radii=None,
-                             class_names: Sequence[str] | None = None, title: str = "") -> go.Figure:
+                             class_names: Sequence[str] | None = None, title: str = "",
+                             removed=None, radius_label: str = "certified radius") -> go.Figure:
     """K-NN decision regions on a 2-D grid, training points per class (triangles,
-    squares, ...), test points as open circles and, when ``radii`` is given, the
-    certified-radius disc around each correctly classified test point."""
+    squares, ...), test points as open circles and, when ``radii`` is given, the disc of
+    that radius (``radius_label``: certified, exact) around each correctly classified test
+    point; ``removed``: training points adversarial pruning removed (grey crosses)."""
     y_train = np.asarray(y_train)
     n_classes = int(max(y_train.max(), grid.labels.max(), -1 if y_test is None else np.max(y_test))) + 1
     names = list(class_names) if class_names is not None else [str(c) for c in range(n_classes)]
@@ -108,6 +133,10 @@ def decision_boundary_figure(grid, X_train, y_train, *, X_test=None, y_test=None
         fig.add_trace(go.Scatter(x=X_train[sel, 0], y=X_train[sel, 1], mode="markers", name=f"train {names[c]}",
                                  marker=dict(symbol=MARKERS[c % len(MARKERS)], size=9, color=_class_color(c),
                                              line=dict(width=1, color="black"))))
+    if removed is not None and len(removed):
+        removed = np.asarray(removed, dtype=float)
+        fig.add_trace(go.Scatter(x=removed[:, 0], y=removed[:, 1], mode="markers", name="removed by pruning",
+                                 marker=dict(symbol="x-thin", size=12, color="#111111", line=dict(width=3))))
     if X_test is not None:
         for c in range(n_classes):
             sel = np.asarray(y_test) == c
@@ -122,7 +151,7 @@ def decision_boundary_figure(grid, X_train, y_train, *, X_test=None, y_test=None
                     px, py = _circle(cx, cy, r)
                     xs += list(px) + [None]
                     ys += list(py) + [None]
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="certified radius",
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=radius_label,
                                      line=dict(color="black", width=1, dash="dot"), hoverinfo="skip"))
     fig.update_layout(title=title, template="plotly_white", margin=dict(l=30, r=10, t=40, b=30),
                       xaxis=dict(range=[grid.xs[0], grid.xs[-1]], constrain="domain"),
@@ -208,7 +237,7 @@ def pair_success_figure(eps_grid, rates_by_method: Mapping[str, np.ndarray], *,
     fig = go.Figure()
     eps_grid = np.asarray(eps_grid, dtype=float)
     for method, rate in rates_by_method.items():
-        color = PALETTE.get(method)
+        color = method_colour(method)
         fig.add_trace(go.Scatter(x=eps_grid, y=100 * np.asarray(rate), mode="lines+markers",
                                  name=f"{display_name(method)} (attack)", line=dict(color=color, width=2.5),
                                  legendgroup=method))

@@ -233,3 +233,29 @@ def test_reproduction_page_shows_tables_curves_and_deviations(app, tmp_path, mon
     # a bad grid is a message, not a traceback
     at.text_input(key="r_grid_digits").set_value("0, a").run()
     assert not at.exception and at.error
+
+
+def test_pruned_variants_appear_on_the_pages(app):
+    """A pruning radius for a method adds '<method> + pruning (r = ...)' beside it; the
+    decision-boundary panel of the variant marks the removed training points."""
+    from arml_core.pruning import adversarial_pruning
+
+    at = app.run()
+    at.selectbox(key="w_dataset").set_value("moons").run()
+    at.multiselect(key="w_methods").set_value(["euclidean"]).run()
+    at.button(key="t_train").click().run()
+    at.number_input(key="t_prune_euclidean").set_value(0.1).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "Euclidean + pruning (r = 0.1) (exact)" in trace_names(at)
+    table = at.dataframe[0].value
+    from arml_core.data import load_dataset
+
+    ds = load_dataset("moons", n_test=200)
+    kept = adversarial_pruning(ds.X_train, ds.y_train, None, 0.1)
+    assert 0 < len(kept) < len(ds.y_train)
+    assert table.loc["Euclidean + pruning (r = 0.1)", "training points"] == len(kept)
+    assert table.loc["Euclidean", "training points"] == len(ds.y_train)
+    at.switch_page("app_pages/boundaries.py").run()
+    assert not at.exception and not at.error
+    removed = [t for spec in charts(at) for t in spec["data"] if t.get("name") == "removed by pruning"]
+    assert len(removed) == 1 and len(values(removed[0]["x"])) == len(ds.y_train) - len(kept)
