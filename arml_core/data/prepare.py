@@ -21,6 +21,7 @@ from sklearn.preprocessing import MinMaxScaler
 from sklearn.utils import check_scalar
 from sklearn.utils import shuffle as sk_shuffle
 
+from ..limits import Limits, get_limits
 from .builtin import BUILTIN_TEST_SIZE, _load_builtin
 from .readers import _guess_format, _load_files, _maybe_decompress, _parse_csv, _parse_libsvm, _Raw, _read_input
 from .sources import BUILTIN_DATASETS, FILE_DATASETS, PathLike, _normalize_name, resolve_data_dir
@@ -285,6 +286,7 @@ def load_file(
     n_test: int | None = None,
     seed: int = 42,
     name: str | None = None,
+    limits: Limits | None = None,
 ) -> Dataset:
     """Load a user's CSV or LIBSVM file, split it and preprocess it.
 
@@ -300,26 +302,30 @@ def load_file(
     ``path_or_buffer`` is a path, raw ``bytes``, or a file-like object in
     binary or text mode (e.g. Streamlit's ``UploadedFile``). ``fmt`` is
     ``None`` (guess from the file name, else the content), ``'csv'`` or
-    ``'libsvm'``.
+    ``'libsvm'``. ``limits`` (default: :func:`arml_core.limits.get_limits`) caps the
+    bytes, points, features and dense entries of the file; they are checked before the
+    matrix is allocated.
 
     Raises ``ValueError`` with a message saying what to fix for: an empty
     file, missing/NaN/infinite values, non-numeric features, ragged rows,
     unparseable LIBSVM, fewer than 4 rows, a single class, a class with one
-    point (cannot be stratified), or a bad ``test_size``.
+    point (cannot be stratified), a bad ``test_size``, or a file over ``limits`` (the
+    message names the limit and how to raise it).
     """
     if fmt is not None and fmt not in ("csv", "libsvm"):
         raise ValueError(f"fmt must be None, 'csv' or 'libsvm', got {fmt!r}")
     _check_count("n_train", n_train)
     _check_count("n_test", n_test)
-    data, filename = _read_input(path_or_buffer)
-    data = _maybe_decompress(data)
+    lim = get_limits(limits)
+    data, filename = _read_input(path_or_buffer, lim)
+    data = _maybe_decompress(data, lim)
     if not data.strip():
         raise ValueError(f"{filename or 'the file'} is empty: there are no rows to load")
     fmt = fmt or _guess_format(filename, data)
     if fmt == "csv":
-        X, y, feature_names = _parse_csv(data)
+        X, y, feature_names = _parse_csv(data, lim)
     else:
-        X, y = _parse_libsvm(data)
+        X, y = _parse_libsvm(data, lim)
         feature_names = None
     _check_split_able(y)
 
