@@ -11,11 +11,80 @@ here once; the certifier, the exact solver, ARML and the attacks call these.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+#: The range rule of :func:`check_metric_scale`: squared distances stay below
+#: ``MAX_SQ_DISTANCE`` for points whose coordinates differ by at most ``DATA_SPAN``,
+#: and a non-zero metric's largest entry is at least ``MIN_SCALE``.
+MAX_SQ_DISTANCE = 1e100
+MIN_SCALE = 1e-100
+DATA_SPAN = 2.0
+
+
+def _check_real(A, name: str) -> None:
+    if np.iscomplexobj(A):
+        raise ValueError(f"complex values in {name}; a Mahalanobis metric is real: pass a real matrix")
+
+
+def check_metric_scale(scale: float, n_features: int, *, name: str = "M") -> None:
+    """The range rule for a metric whose largest entry is ``scale`` (``max_i M_ii``, which
+    for a PSD ``M = G^T G`` is its largest ``|M_ij|`` and the largest squared column norm
+    of ``G``) on ``n_features`` = D features.
+
+    Accepted: ``scale == 0`` (the zero metric) or ``MIN_SCALE <= scale <=
+    MAX_SQ_DISTANCE / (D^2 R^2)`` with ``R = DATA_SPAN = 2``. Why: the data are min-max
+    scaled to [0, 1] (test points a little outside), so two points differ by at most R
+    per coordinate and ``d_M(a, b) <= scale * (sum_i |a_i - b_i|)^2 <= scale D^2 R^2 <=
+    1e100``; the distances, their squares and the certifier's and the QP's products
+    (``||M (p - n)||^2``) then stay below 1e200, far from float64's 1.8e308; and a unit
+    step costs at least 1e-100, whose square is far above the underflow at 2.2e-308.
+    Scaling ``M`` by a constant changes neither the K-NN nor its robust radii, so a metric
+    outside the range only needs rescaling. Raises ``ValueError`` otherwise.
+    """
+    if scale != 0:
+        _check_log_scale(math.log10(scale), n_features, name)
+
+
+def _check_log_scale(log_scale: float, n_features: int, name: str) -> None:
+    """:func:`check_metric_scale` for ``log10(scale)`` (a scale beyond float64 is reported too)."""
+    log_upper = math.log10(MAX_SQ_DISTANCE / (max(int(n_features), 1) ** 2 * DATA_SPAN**2))
+    if math.log10(MIN_SCALE) <= log_scale <= log_upper:
+        return
+    def shown(v: float) -> str:
+        exponent = math.floor(v)
+        mantissa = f"{10 ** (v - exponent):.3g}"
+        return f"1e{exponent + 1:+d}" if mantissa == "10" else f"{mantissa}e{exponent:+d}"
+    raise ValueError(
+        f"{name}: its largest entry, {shown(log_scale)}, is outside the range in which squared distances "
+        f"stay finite ({MIN_SCALE:.0e} to {shown(log_upper)} for {n_features} features, or 0); rescale it "
+        "(a constant factor changes neither the K-NN nor its robust radii)."
+    )
+
+
+def check_components(G, n_features: int | None = None, *, name: str = "the components") -> np.ndarray:
+    """Validate components ``G`` (real, 2-D, non-empty, finite, ``M = G^T G`` within the
+    range rule of :func:`check_metric_scale`, computed without overflow); returns float64 ``G``."""
+    _check_real(G, name)
+    G = np.asarray(G, dtype=np.float64)
+    if G.ndim != 2 or G.size == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D array, got shape {G.shape}")
+    if not np.all(np.isfinite(G)):
+        raise ValueError(f"{name} contain NaN or infinite values")
+    if n_features is not None and G.shape[1] != n_features:
+        raise ValueError(f"{name} are for {G.shape[1]} features but the data have {n_features}")
+    g = float(np.abs(G).max())
+    if g > 0:  # max_i M_ii = g^2 max_i sum_k (G_ki / g)^2, in logarithms: no overflow on the way
+        log_scale = 2 * math.log10(g) + math.log10(float(((G / g) ** 2).sum(axis=0).max()))
+        _check_log_scale(log_scale, G.shape[1], f"the metric M = G^T G of {name}")
+    return G
 
 
 def check_metric(M, n_features: int | None = None, *, name: str = "M") -> np.ndarray:
-    """Validate a Mahalanobis matrix: square, finite, symmetric and PSD (to rounding)."""
+    """Validate a Mahalanobis matrix: real, square, finite, within the range rule of
+    :func:`check_metric_scale`, symmetric and PSD (to rounding)."""
+    _check_real(M, name)
     M = np.asarray(M, dtype=np.float64)
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
         raise ValueError(f"{name} must be a square matrix, got shape {M.shape}")
@@ -25,6 +94,7 @@ def check_metric(M, n_features: int | None = None, *, name: str = "M") -> np.nda
         )
     if not np.all(np.isfinite(M)):
         raise ValueError(f"{name} contains NaN or infinite entries")
+    check_metric_scale(float(np.abs(M).max(initial=0.0)), M.shape[0], name=name)
     scale = max(1.0, float(np.abs(M).max()))
     if not np.allclose(M, M.T, atol=1e-8 * scale, rtol=1e-6):
         raise ValueError(f"{name} must be symmetric")
@@ -49,7 +119,8 @@ def components_from_metric(M) -> np.ndarray:
 
 
 def metric_from_components(G) -> np.ndarray:
-    """``M = G^T G`` from components ``G`` (shape ``(n_components, n_features)``)."""
+    """``M = G^T G`` from components ``G`` (shape ``(n_components, n_features)``; real)."""
+    _check_real(G, "the components")
     G = np.asarray(G, dtype=np.float64)
     if G.ndim != 2:
         raise ValueError(f"components must be a 2-D array, got shape {G.shape}")

@@ -2,11 +2,16 @@
 
 * :func:`save_metric` / :func:`load_metric`: ``<name>.npz`` (the components ``G`` and
   the metadata as JSON text, no pickles) with a readable ``<name>.json`` beside it;
-  :func:`metric_to_bytes` for downloads. Every write is atomic (write beside, rename).
+  :func:`metric_to_bytes` for downloads. Every write is atomic (write beside, rename),
+  and never replaces a ``.json`` that is not a metric's description. A file is read
+  without trusting it: the ``.npy`` headers inside the zip are checked (dtype, shape,
+  :class:`~arml_core.limits.Limits`) before any array is decompressed (:func:`read_npz`,
+  :func:`load_npy`), nothing is unpickled.
 * :func:`run_key`, :func:`cached_metric`, :func:`store_metric`: the cache of learned
   metrics under ``runs/`` (``$ARML_RUNS_DIR``), keyed by data set, method and fit
-  settings, shared by the app, the CLI and ``reproduce``. A corrupt or stale file is
-  reported with a warning and ignored, never raised.
+  settings, shared by the app, the CLI and ``reproduce``. A corrupt or stale file (or one
+  whose metadata records another data set, method or settings) is reported with a
+  warning and ignored, never raised.
 """
 from __future__ import annotations
 
@@ -17,11 +22,17 @@ import os
 import platform
 import tempfile
 import time
+import struct
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy_format
+
+from .limits import Limits, get_limits
+from .metric import check_components
 
 FORMAT_VERSION = 1
 
@@ -48,8 +59,23 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def _check_sidecar(path: Path) -> None:
+    """Refuse to overwrite a ``.json`` that is not the description of a saved metric."""
+    if not path.exists():
+        return
+    try:
+        ours = path.stat().st_size < 10 * MAX_METADATA_CHARS and "format_version" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        raise ValueError(f"saving would overwrite {path}, which is not a saved metric's description; "
+                         "choose another file name or move that file")
+
+
 def metric_to_bytes(components, metadata: dict) -> bytes:
     """An ``.npz`` holding the components and the metadata (as JSON text)."""
+    if np.iscomplexobj(components):
+        raise ValueError("the components are complex; a Mahalanobis metric is real: save its real components")
     buf = io.BytesIO()
     meta = {"format_version": FORMAT_VERSION, **metadata}
     np.savez(buf, components=np.asarray(components, dtype=np.float64),
@@ -63,7 +89,8 @@ def save_metric(path, components, *, dataset: str, method: str, params: dict | N
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_suffix(".npz")
-    G = np.asarray(components, dtype=np.float64)
+    G = check_components(components)
+    _check_sidecar(path.with_suffix(".json"))
     meta = {"dataset": dataset, "method": method, "params": params or {}, "seed": seed,
             "n_features": int(G.shape[1]), "n_components": int(G.shape[0]),
             "fit_time_s": fit_time, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -74,49 +101,199 @@ def save_metric(path, components, *, dataset: str, method: str, params: dict | N
     return path
 
 
-def load_metric(source, *, n_features: int | None = None) -> tuple[np.ndarray, dict]:
+# --------------------------------------------------------------------------- #
+# Reading .npz/.npy without trusting them: headers first, then only what passed
+# --------------------------------------------------------------------------- #
+#: Most members a metric .npz may hold (``save_metric`` writes two).
+MAX_NPZ_MEMBERS = 16
+#: Most characters of a metric's metadata (JSON text).
+MAX_METADATA_CHARS = 1_000_000
+class _Refused(ValueError):
+    """A file read but refused (its headers): the message says why, no prefix needed."""
+
+
+_LOAD_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError,
+                NotImplementedError, RuntimeError)
+
+
+def _npy_header(fh) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the ``.npy`` stream ``fh``, read from its header alone."""
+    version = npy_format.read_magic(fh)
+    if version == (1, 0):
+        return npy_format.read_array_header_1_0(fh)
+    if version == (2, 0):
+        return npy_format.read_array_header_2_0(fh)
+    raise ValueError(f"unsupported .npy format version {version}")
+
+
+def _check_matrix_header(shape, dtype: np.dtype, what: str, limits: Limits, n_features: int | None) -> None:
+    """A real 2-D numeric array within ``limits`` (feature count ``n_features`` if given)."""
+    if dtype.kind == "c":
+        raise _Refused(f"{what} are complex ({dtype}); a Mahalanobis metric is real: save its real components")
+    if dtype.fields is not None or dtype.kind not in "fiu":
+        raise _Refused(f"{what} have dtype {dtype}; they must be real numbers (float or integer)")
+    if len(shape) != 2 or 0 in shape:
+        raise _Refused(f"{what} must be a non-empty 2-D array, got shape {tuple(shape)}")
+    if n_features is not None and shape[1] != n_features:
+        raise _Refused(f"{what} are a metric for {shape[1]} features but the data have {n_features}")
+    try:
+        limits.check("max_features", shape[1], f"the number of features of {what}")
+        limits.check("max_features", shape[0], f"the number of components (rows) of {what}")
+        limits.check("max_dense_entries", shape[0] * shape[1], f"the entries of {what}")
+    except ValueError as exc:
+        raise _Refused(str(exc)) from None
+
+
+def _open_source(source, limits: Limits):
+    """A binary file object for a path or a file object, its size checked first."""
+    if isinstance(source, (str, os.PathLike)):
+        size = os.stat(source).st_size
+        fh = open(source, "rb")
+    else:
+        fh = source
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(0)
+    limits.check("max_bytes", size, "the file's size in bytes")
+    return fh, size
+
+
+def _zip_members_count(fh, size: int) -> int:
+    """The entry count of the zip's end-of-central-directory record (before zipfile reads the directory)."""
+    tail_len = min(size, 22 + 65535)
+    fh.seek(size - tail_len)
+    tail = fh.read(tail_len)
+    fh.seek(0)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(tail):
+        is_npy = fh.read(6) == b"\x93NUMPY"
+        fh.seek(0)
+        raise ValueError("it is a .npy file, not an .npz" if is_npy else "not a zip archive (.npz), or truncated")
+    return struct.unpack("<H", tail[at + 10:at + 12])[0]
+
+
+def read_npz(source, members: dict, *, limits: Limits | None = None) -> dict[str, np.ndarray]:
+    """The arrays ``members`` names of an ``.npz`` (path or binary file object), each read
+    only after its ``.npy`` header passed ``members[name](shape, dtype)`` (which raises
+    ``ValueError``); a missing member is left out. Nothing is unpickled, and the file's
+    size and member count are checked before the zip directory is read."""
+    limits = get_limits(limits)
+    fh, size = _open_source(source, limits)
+    try:
+        if _zip_members_count(fh, size) > MAX_NPZ_MEMBERS:
+            raise _Refused(f"the archive holds more than {MAX_NPZ_MEMBERS} members, so it is not a metric file "
+                           "(those hold two)")
+        out = {}
+        with zipfile.ZipFile(fh) as z:
+            names = set(z.namelist())
+            for key, check in members.items():
+                member = next((m for m in (f"{key}.npy", key) if m in names), None)
+                if member is None:
+                    continue
+                with z.open(member) as f:
+                    shape, _, dtype = _npy_header(f)
+                check(shape, dtype)
+                with z.open(member) as f:
+                    out[key] = npy_format.read_array(f, allow_pickle=False)
+        return out
+    finally:
+        if fh is not source:
+            fh.close()
+
+
+def load_npy(source, *, n_features: int | None = None, limits: Limits | None = None) -> np.ndarray:
+    """A real 2-D matrix from an ``.npy`` (e.g. a metric ``M``), its header checked against
+    ``limits`` before the data are read; nothing is unpickled."""
+    limits = get_limits(limits)
+    fh, _ = _open_source(source, limits)
+    try:
+        shape, _, dtype = _npy_header(fh)
+        _check_matrix_header(shape, dtype, "the array", limits, n_features)
+        fh.seek(0)
+        return npy_format.read_array(fh, allow_pickle=False)
+    finally:
+        if fh is not source:
+            fh.close()
+
+
+def load_metric(source, *, n_features: int | None = None, limits: Limits | None = None) -> tuple[np.ndarray, dict]:
     """Read a metric written by ``save_metric`` (a path or a binary file object).
 
-    Raises ValueError with a readable message for anything that is not such a file or
-    whose feature count differs from ``n_features``.
+    The ``.npy`` headers inside the zip are checked first (real numeric 2-D components, at
+    most ``limits.max_features`` by ``limits.max_features`` and ``limits.max_dense_entries``
+    entries; metadata a string of at most ``MAX_METADATA_CHARS``), so no array is
+    decompressed before its size is known. Raises ValueError with a readable message for
+    anything that is not such a file, whose feature count differs from ``n_features``,
+    whose components are complex, not finite or outside the range of
+    :func:`arml_core.metric.check_metric_scale`, or whose metadata is not a JSON object.
     """
     name = getattr(source, "name", str(source))
+    limits = get_limits(limits)
+
+    def components(shape, dtype):
+        _check_matrix_header(shape, dtype, f"the components in {name}", limits, n_features)
+
+    def metadata(shape, dtype):
+        if dtype.kind not in "US" or tuple(shape) != () or dtype.itemsize // (4 if dtype.kind == "U" else 1) > \
+                MAX_METADATA_CHARS:
+            raise _Refused(f"the metadata in {name} must be a JSON text of at most {MAX_METADATA_CHARS:,} characters")
     try:
-        with np.load(source, allow_pickle=False) as z:
-            files = set(z.files)
-            G = np.asarray(z["components"], dtype=np.float64) if "components" in files else None
-            meta = json.loads(str(z["metadata"])) if "metadata" in files else {}
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-        raise ValueError(f"{name} is not a readable metric file (.npz): {str(exc)[:120]}") from None
-    if G is None:
+        arrays = read_npz(source, {"components": components, "metadata": metadata}, limits=limits)
+        meta = json.loads(str(arrays["metadata"])) if "metadata" in arrays else {}
+    except _Refused as exc:
+        raise ValueError(str(exc)) from None
+    except _LOAD_ERRORS as exc:
+        raise ValueError(f"{name} is not a readable metric file (.npz): {str(exc)[:300]}") from None
+    if "components" not in arrays:
         raise ValueError(f"{name} holds no 'components' array: not a metric saved by ARML Explorer")
-    if G.ndim != 2 or G.size == 0:
-        raise ValueError(f"{name}: the components must be a non-empty 2-D array, got shape {G.shape}")
-    if not np.all(np.isfinite(G)):
-        raise ValueError(f"{name}: the components contain NaN or infinite values")
-    if n_features is not None and G.shape[1] != n_features:
-        raise ValueError(
-            f"{name} is a metric for {G.shape[1]} features (data set "
-            f"{meta.get('dataset', 'unknown')!r}) but the data have {n_features}"
-        )
+    if not isinstance(meta, dict):
+        raise ValueError(f"{name}: the metadata is {type(meta).__name__} JSON, not an object; not a metric saved "
+                         "by ARML Explorer")
+    G = check_components(arrays["components"], name=f"the components in {name}")
     return G, meta
+
 
 def run_key(dataset: str, method: str, settings: dict) -> str:
     blob = json.dumps({"dataset": dataset, "method": method, **settings}, sort_keys=True, default=str)
     return f"{dataset}__{method}__{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
+def _as_saved(value):
+    """``value`` as it reads back from a metric file's metadata (JSON, unknown types as text)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _stale_reason(meta: dict, dataset: str, method: str, settings: dict) -> str | None:
+    """Why a cached run's metadata does not belong to its key (None: it does)."""
+    fit_time = meta.get("fit_time_s")
+    if fit_time is not None and (isinstance(fit_time, bool) or not isinstance(fit_time, (int, float))
+                                 or not np.isfinite(fit_time) or fit_time < 0):
+        return f"its fit_time_s is {fit_time!r}, not a number of seconds"
+    if not isinstance(meta.get("info", {}), dict):
+        return f"its info is {type(meta['info']).__name__}, not an object"
+    for field, expected in (("dataset", dataset), ("method", method), ("params", _as_saved(settings))):
+        if meta.get(field) != expected:
+            return f"it records {field} {meta.get(field)!r}, not {expected!r}"
+    return None
+
+
 def cached_metric(runs_dir, dataset: str, method: str, settings: dict, n_features: int):
-    """(components, metadata) of a saved run, or None. A corrupt or stale file is
-    reported with a warning and ignored, never raised."""
+    """(components, metadata) of a saved run, or None. A corrupt or stale file (unreadable,
+    of another feature count, metadata of the wrong types, or recording another data set,
+    method or settings than its key) is reported with a warning and ignored, never raised,
+    so the caller recomputes it."""
     path = Path(runs_dir) / (run_key(dataset, method, settings) + ".npz")
     if not path.exists():
         return None
     try:
-        return load_metric(path, n_features=n_features)
+        G, meta = load_metric(path, n_features=n_features)
+        reason = _stale_reason(meta, dataset, method, settings)
+        if reason:
+            raise ValueError(reason)
     except ValueError as exc:
-        warnings.warn(f"ignoring the saved run {path.name}: {exc}", stacklevel=2)
+        warnings.warn(f"ignoring the saved run {path.name} (recomputing it): {exc}", stacklevel=2)
         return None
+    return G, meta
 
 
 def store_metric(runs_dir, dataset: str, method: str, settings: dict, components: np.ndarray,
