@@ -10,7 +10,7 @@ Importing this package does not import torch. See ``ARML_NOTES.md`` sections 1 a
 """
 from .prepare import Dataset, load_dataset, load_file, validate_for_k
 from .sources import (_LIBSVM_FILES, _REMOTE, BUILTIN_DATASETS, FILE_DATASETS, IMAGE_SHAPES,  # noqa: F401
-                      available_datasets, download, list_datasets, resolve_data_dir)
+                      available_datasets, dataset_status, download, list_datasets, resolve_data_dir)
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -18,6 +18,7 @@ __all__ = [
     "IMAGE_SHAPES",
     "Dataset",
     "available_datasets",
+    "dataset_status",
     "download",
     "list_datasets",
     "load_dataset",

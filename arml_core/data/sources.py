@@ -12,9 +12,12 @@ See ``ARML_NOTES.md`` sections 1 and 9 for the data sets of the paper.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 import warnings
@@ -72,41 +75,51 @@ class _RemoteFile:
     url: str
     algorithm: str | None  # "sha256", "md5" or None (no known checksum)
     digest: str | None
+    size: int | None = None  # bytes of the published file (None: unknown)
 
 
-def _published(base: str, files: Sequence[str], checks: Sequence[str | None]) -> tuple[_RemoteFile, ...]:
-    """The files ``<base>/<file>``, each with its ``"algorithm:digest"`` (None: no known checksum)."""
+def _published(base: str, files: Sequence[str], checks: Sequence[str | None],
+               sizes: Sequence[int | None]) -> tuple[_RemoteFile, ...]:
+    """The files ``<base>/<file>``, each with its ``"algorithm:digest"`` (None: no known checksum)
+    and its size in bytes (None: unknown)."""
     return tuple(
-        _RemoteFile(f, f"{base}/{f}", *(check.split(":") if check else (None, None)))
-        for f, check in zip(files, checks, strict=True)
+        _RemoteFile(f, f"{base}/{f}", *(check.split(":") if check else (None, None)), size)
+        for f, check, size in zip(files, checks, sizes, strict=True)
     )
 
 
-# Checksums: the publisher's exact bytes (MANIFEST.md of the shared data, and its
-# "Missing" section for the official usps.bz2). The official MNIST train-images
-# .gz is only known by md5. LIBSVM splice.t has no known checksum.
+#: Most bytes :func:`download` accepts for a file whose size is not in the registry.
+UNKNOWN_SIZE_CAP = 64 * 2**20
+
+
+# Checksums and sizes: the publisher's exact bytes (MANIFEST.md of the shared data, and
+# its "Missing" section for the official usps.bz2). The official MNIST train-images
+# .gz is only known by md5 (and its published size, 9,912,422 bytes). LIBSVM splice.t
+# has no known checksum or size: it is capped at UNKNOWN_SIZE_CAP.
 _REMOTE: dict[str, tuple[_RemoteFile, ...]] = {
     "splice": _published(f"{_LIBSVM_URL}/binary", ("splice", "splice.t"), (
-        "sha256:eee33566cfe8988ec26122460cc712d66c5c5b79b966b259408e803addaa584d", None)),
+        "sha256:eee33566cfe8988ec26122460cc712d66c5c5b79b966b259408e803addaa584d", None), (715000, None)),
     "pendigits": _published(f"{_LIBSVM_URL}/multiclass", ("pendigits", "pendigits.t"), (
         "sha256:f3823d204ed5a3e9088267b4e141aac32503b8f2eb18c3469ad1212235db5ee6",
-        "sha256:8a5f65e742447d6b6d77d4e0cf70714f75d2801966ebfe492d7ffaf24acd9d9f")),
+        "sha256:8a5f65e742447d6b6d77d4e0cf70714f75d2801966ebfe492d7ffaf24acd9d9f"), (589456, 274928)),
     "satimage": _published(f"{_LIBSVM_URL}/multiclass", ("satimage.scale", "satimage.scale.t"), (
         "sha256:df08755887b968a272b84247fa0b1543b8cd623442fbc1c7943144e459ef2eb6",
-        "sha256:da3fb85baadd087beb9e8b32931224c443e26dc3305c09396170ab8997aedf92")),
+        "sha256:da3fb85baadd087beb9e8b32931224c443e26dc3305c09396170ab8997aedf92"), (1880204, 847958)),
     "usps": _published(f"{_LIBSVM_URL}/multiclass", ("usps.bz2", "usps.t.bz2"), (
         "sha256:3771e9dd6ba685185f89867b6e249233dd74652389f263963b3b741e994b034f",
-        "sha256:a9c0164e797d60142a50604917f0baa604f326e9a689698763793fa5d12ffc4e")),
+        "sha256:a9c0164e797d60142a50604917f0baa604f326e9a689698763793fa5d12ffc4e"), (6579383, 1831726)),
     "mnist": _published(_MNIST_URL, _IDX_FILES, (
         "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",
         "sha256:3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
         "sha256:8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        "sha256:f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6")),
+        "sha256:f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+        (9912422, 28881, 1648877, 4542)),
     "fashion-mnist": _published(_FASHION_URL, _IDX_FILES, (
         "sha256:3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
         "sha256:a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
         "sha256:346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-        "sha256:67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5")),
+        "sha256:67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+        (26421880, 29515, 4422102, 5148)),
 }
 
 # (train file, test file, n_features) of the LIBSVM data sets; ".bz2" variants accepted.
@@ -204,11 +217,34 @@ def list_datasets(data_dir: PathLike | None = None) -> dict[str, bool]:
 
     Built-ins are always available; a file data set is available when all its
     files are present under ``data_dir`` (see :func:`resolve_data_dir`).
+    :func:`dataset_status` says the same in words, and which present files cannot be
+    verified (no published checksum).
     """
     folder = resolve_data_dir(data_dir)
     out = {name: True for name in BUILTIN_DATASETS}
     for name in FILE_DATASETS:
         out[name] = _find_files(name, folder)[0] is not None
+    return out
+
+
+def dataset_status(data_dir: PathLike | None = None) -> dict[str, str]:
+    """Every known data set name mapped to a readable status: ``"available"``,
+    ``"available (unverified: no published checksum for splice.t)"`` when a present file
+    has no published checksum to verify it against, or ``"missing (...)"`` saying how to
+    fetch it. What :func:`list_datasets` says as a bool, in words."""
+    folder = resolve_data_dir(data_dir)
+    out = {name: "available" for name in BUILTIN_DATASETS}
+    for name in FILE_DATASETS:
+        found = _find_files(name, folder)[0]
+        if found is None:
+            out[name] = f"missing (python -m arml_core download {name})"
+            continue
+        unverified = [p.name for p in found
+                      if any(r.algorithm is None and p.name in (r.filename, r.filename.removesuffix(".bz2"),
+                                                                  r.filename.removesuffix(".gz"))
+                             for r in _REMOTE.get(name, ()))]
+        out[name] = (f"available (unverified: no published checksum for {', '.join(unverified)})"
+                     if unverified else "available")
     return out
 
 
@@ -244,8 +280,12 @@ def download(
 
     Each file is streamed to a temporary file in the target folder, its
     checksum checked, and only then moved into place with ``os.replace``; on
-    any failure the temporary file is removed and an existing file is left
-    untouched. A file already present whose checksum matches is skipped (no
+    any failure or interruption (an exception, KeyboardInterrupt, SIGTERM: in the
+    main thread a temporary handler turns it into ``SystemExit(143)``) the
+    temporary file is removed and an existing file is left untouched. The stream
+    is cut off past the published file's size (from the registry; for a file of
+    unknown size, :data:`UNKNOWN_SIZE_CAP`), and a larger announced size is
+    refused before reading. A file already present whose checksum matches is skipped (no
     request) unless ``overwrite``; a present file that does not match is
     fetched again. ``splice.t`` has no published checksum: it is downloaded
     (or kept when present) and a ``UserWarning`` gives its sha256.
@@ -306,14 +346,18 @@ def _fetch_verified(
     """
     algorithm = remote.algorithm or "sha256"
     hasher = hashlib.new(algorithm)
+    cap = remote.size or UNKNOWN_SIZE_CAP
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb") as out, _sigterm_raises():
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
                     length = response.headers.get("Content-Length")
                     total = int(length) if length and length.isdigit() else None
+                    if total is not None and total > cap:
+                        raise OSError(f"could not download {url}: it announces {total:,} bytes, more than the "
+                                      f"{cap:,} {_expected(remote)}; the source serves a different file")
                     done = 0
                     if progress is not None:
                         progress(0, total, remote.filename)
@@ -321,6 +365,9 @@ def _fetch_verified(
                         chunk = response.read(_CHUNK)
                         if not chunk:
                             break
+                        if done + len(chunk) > cap:
+                            raise OSError(f"could not download {url}: it sent more than the {cap:,} bytes "
+                                          f"{_expected(remote)}; the source serves a different file")
                         out.write(chunk)
                         hasher.update(chunk)
                         done += len(chunk)
@@ -345,6 +392,31 @@ def _fetch_verified(
             )
         os.replace(tmp, target)
         return actual
-    finally:
+    finally:  # every way out (an error, KeyboardInterrupt, SIGTERM via _sigterm_raises) removes the partial file
         if tmp.exists():
             tmp.unlink()
+
+
+def _expected(remote: _RemoteFile) -> str:
+    return "bytes of the published file" if remote.size else "bytes allowed for a file of unknown size"
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While a transfer runs in the main thread, SIGTERM raises ``SystemExit(143)`` (so the
+    ``finally`` clauses remove the partial file) instead of killing the process at once;
+    the previous handler is restored after. Left alone when SIGTERM already has a Python
+    handler or is ignored, and outside the main thread (where handlers cannot be set)."""
+    installed = False
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous == signal.SIG_DFL:
+            def handler(signum, frame):
+                raise SystemExit(128 + signum)
+            signal.signal(signal.SIGTERM, handler)
+            installed = True
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous)
