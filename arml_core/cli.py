@@ -17,6 +17,7 @@ import pandas as pd
 from . import data
 from .evaluation.evaluate import evaluate, fit_metric, parse_grid
 from .learners import LEARNERS
+from .limits import DEFAULT_LIMITS, Limits, get_limits
 from .persistence import load_metric, save_metric
 
 
@@ -53,7 +54,7 @@ def _parse_params(items: list[str]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for item in items or []:
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise SystemExit(f"--param expects METHOD.NAME=VALUE, got {item!r}")
+            raise ValueError(f"--param expects METHOD.NAME=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         method, name = key.split(".", 1)
         try:
@@ -64,17 +65,27 @@ def _parse_params(items: list[str]) -> dict[str, dict]:
     return out
 
 
+def _limits(args) -> Limits:
+    """The default limits, raised (or lowered) by --max-bytes/--max-points/--max-features/--max-entries."""
+    return get_limits().with_(max_bytes=args.max_bytes, max_points=args.max_points,
+                              max_features=args.max_features, max_dense_entries=args.max_entries)
+
+
 def _load(args) -> data.Dataset:
+    """A data set by name, or a user's CSV/LIBSVM file when --dataset is a path to one."""
+    if Path(args.dataset).is_file():
+        return data.load_file(args.dataset, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
+                              limits=_limits(args))
     return data.load_dataset(args.dataset, data_dir=args.data_dir, n_train=args.n_train,
                              n_test=args.n_test, seed=args.seed)
 
 
-def _methods(text: str, n_features: int) -> tuple[list[str], dict[str, np.ndarray]]:
+def _methods(text: str, n_features: int, limits: Limits | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
     """Method names; an entry ending in .npz is a saved metric, named after its file."""
     names, metrics = [], {}
     for token in [t.strip() for t in text.split(",") if t.strip()]:
         if token.endswith(".npz"):
-            G, meta = load_metric(token, n_features=n_features)
+            G, meta = load_metric(token, n_features=n_features, limits=limits)
             label = f"{meta.get('method', 'metric')}:{Path(token).stem}"
             names.append(label)
             metrics[label] = G
@@ -92,7 +103,7 @@ def cmd_table(args) -> int:
     ds = _load(args)
     data.validate_for_k(ds, args.k)
     prog.say(f"{ds.name}: {ds.description}")
-    names, metrics = _methods(args.methods, ds.n_features)
+    names, metrics = _methods(args.methods, ds.n_features, _limits(args))
     grid = parse_grid(args.grid)
     params = _parse_params(args.param)
     start = time.perf_counter()
@@ -163,8 +174,8 @@ def cmd_download(args) -> int:
 
 
 def cmd_list(args) -> int:
-    for name, ok in data.list_datasets(args.data_dir).items():
-        print(f"{name:15s} {'available' if ok else 'missing (python -m arml_core download ' + name + ')'}")
+    for name, status in data.dataset_status(args.data_dir).items():
+        print(f"{name:15s} {status}")
     return 0
 
 
@@ -229,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def data_args(q, *, n_test_default=None):
-        q.add_argument("--dataset", required=True, help="a built-in or file data set name")
+        q.add_argument("--dataset", required=True, help="a built-in or file data set name, or a CSV/LIBSVM file")
         q.add_argument("--data-dir", default=None, help="folder of the data sets (default: $ARML_DATA_DIR or data/)")
         q.add_argument("--n-train", type=int, default=None, help="subsample the training set")
         q.add_argument("--n-test", type=int, default=n_test_default, help="first N shuffled test points")
@@ -238,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
                        help="learner parameter, e.g. arml.n_epochs=200 (repeatable)")
         q.add_argument("--quiet", action="store_true", help="no progress on stderr")
+        for flag, field in (("--max-bytes", "max_bytes"), ("--max-points", "max_points"),
+                            ("--max-features", "max_features"), ("--max-entries", "max_dense_entries")):
+            q.add_argument(flag, type=int, default=None, metavar="N",
+                           help=f"limit of a user file or .npz metric (default {getattr(DEFAULT_LIMITS, field):,}; "
+                                "arml_core.limits)")
 
     t = sub.add_parser("table", help="robust error table (exact for K=1, certified for K>1)")
     data_args(t, n_test_default=1000)
