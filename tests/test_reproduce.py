@@ -317,3 +317,71 @@ def test_corrupt_stage_cache_is_recomputed(tmp_path):
     assert not cached and calls == [1]
     arrays, _, cached = rp._cached_stage(path, lambda: calls.append(1) or {"a": np.arange(3)})
     assert cached and calls == [1] and arrays["a"].tolist() == [0, 1, 2]
+
+
+# ------------------------------------------------------------------ beyond the paper: adversarial pruning
+
+
+def test_defence_pruning_adds_rows_beyond_the_protocol_and_leaves_the_paper_rows_alone(shared_data_dir, tmp_path,
+                                                                                       capsys):
+    from arml_core.pruning import adversarial_pruning
+    from arml_core.robustness.exact import minimal_perturbations
+
+    args = ["reproduce", "--datasets", "splice", "--methods", "euclidean,lfda", "--stages", "fit,nn1,knn11",
+            "--data-dir", str(shared_data_dir), "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--quiet"]
+    assert cli_main(args + ["--results-dir", str(tmp_path / "pruned"), "--defence", "pruning",
+                            "--pruning-radius", "1.3"]) == 0
+    out = capsys.readouterr().out
+    assert "lfda+pruning (beyond the paper's protocol) kept" in out
+    res = summary.load_results("splice", tmp_path / "pruned")
+    assert res.methods == ["euclidean", "euclidean+pruning", "lfda", "lfda+pruning"]
+    assert res.extension_methods == ["euclidean+pruning", "lfda+pruning"]
+    meta = res.meta
+    assert meta["violations"] == [] and meta["failures"] == [] and meta["plan"]["pruning_radius"] == 1.3
+    assert any(d.startswith("Beyond the paper's protocol") for d in meta["deviations"])
+    ds = load_dataset("splice", data_dir=shared_data_dir, n_test=1000, seed=42)
+    for m in ("euclidean", "lfda"):
+        p = meta["methods"][f"{m}+pruning"]["pruning"]
+        assert p["radius"] == 1.3 and p["exact"] and p["solver"] == "matching" and p["n_kept"] < p["n_train"] == 1000
+        # the pruned rows are K-NN with the method's metric on the kept points
+        G, _ = cached_metric(tmp_path / "runs", "splice", m, rp._fit_settings(rp.make_plan("splice"), m), 60)
+        M = G.T @ G
+        kept = adversarial_pruning(ds.X_train, ds.y_train, M, 1.3)
+        assert len(kept) == p["n_kept"]
+        wrong = MahalanobisKNN(M, 11).fit(ds.X_train[kept], ds.y_train[kept]).predict(ds.X_test) != ds.y_test
+        assert meta["methods"][f"{m}+pruning"]["clean_error"]["11"] == pytest.approx(wrong.mean())
+        exact, _ = minimal_perturbations(ds.X_train[kept], ds.y_train[kept], ds.X_test, ds.y_test, M, device="cpu")
+        np.testing.assert_allclose(res.radii[f"{m}+pruning.nn1_exact"], exact, rtol=1e-6, atol=1e-9)
+    text = (tmp_path / "pruned" / "SUMMARY.md").read_text()
+    assert "Beyond the paper's protocol: adversarial pruning" in text and "| LFDA + pruning | 1.3 |" in text
+
+    # without --defence: the same paper rows and claims, and nothing of the extension
+    assert cli_main(args + ["--results-dir", str(tmp_path / "plain")]) == 0
+    plain = summary.load_results("splice", tmp_path / "plain")
+    assert plain.methods == ["euclidean", "lfda"] and "pruning_radius" not in plain.meta["plan"]
+    assert summary.claims(plain) == summary.claims(res)
+    for which in ("nn1", "certified"):
+        pd.testing.assert_frame_equal(plain.table(which), res.table(which).loc[["euclidean", "lfda"]])
+    assert "pruning" not in (tmp_path / "plain" / "SUMMARY.md").read_text()
+    # a rerun takes the pruned sets from the cache
+    assert cli_main(args + ["--results-dir", str(tmp_path / "pruned"), "--defence", "pruning",
+                            "--pruning-radius", "1.3"]) == 0
+    again = summary.load_results("splice", tmp_path / "pruned").meta["methods"]["lfda+pruning"]["cached"]
+    assert again == {"pruning": True, "nn1": True, "knn11": True}
+
+
+def test_pruning_plans_and_bad_input(tmp_path, capsys):
+    assert rp.make_plan("pendigits").pruning_radius is None
+    assert rp.make_plan("pendigits", defence="pruning").pruning_radius == pytest.approx(0.2)
+    assert rp.make_plan("satimage", defence="pruning").pruning_radius == pytest.approx(0.15)
+    assert rp.make_plan("usps", defence="pruning").pruning_radius == pytest.approx(1.0)
+    assert rp.make_plan("usps", defence="pruning", pruning_radius=0.7).pruning_radius == 0.7
+    assert "pruned at r = 0.2" in " ".join(rp.make_plan("pendigits", defence="pruning").deviations())
+    with pytest.raises(ValueError, match="unknown defence"):
+        rp.make_plan("splice", defence="smoothing")
+    with pytest.raises(ValueError, match="set defence='pruning'"):
+        rp.make_plan("splice", pruning_radius=0.2)
+    with pytest.raises(ValueError, match="pruning_radius must be a positive"):
+        rp.make_plan("splice", defence="pruning", pruning_radius=-1.0)
+    assert cli_main(["reproduce", "--datasets", "splice", "--pruning-radius", "0.2", "--results-dir", str(tmp_path)]) == 2
+    assert "set defence='pruning'" in capsys.readouterr().err

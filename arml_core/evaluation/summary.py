@@ -47,6 +47,11 @@ class DatasetResults:
     def methods(self) -> list[str]:
         return list(self.meta.get("methods", {}))
 
+    @property
+    def extension_methods(self) -> list[str]:
+        """The rows beyond the paper's protocol ('<method>+pruning', ``reproduce --defence pruning``)."""
+        return [m for m, v in self.meta.get("methods", {}).items() if v.get("pruned_from")]
+
     def table(self, which: str) -> pd.DataFrame | None:
         """Paper layout: rows = methods, columns = radii, robust error in %.
         ``which``: 'nn1', 'certified' or 'empirical'."""
@@ -109,11 +114,17 @@ def load_results(dataset: str, results_dir="results") -> DatasetResults:
 
 
 def claims(res: DatasetResults) -> dict[str, str]:
-    """The paper's claims, judged on this data set's tables: 'holds', 'fails: ...' or 'n/a'."""
-    out = {}
+    """The paper's claims, judged on this data set's tables: 'holds', 'fails: ...' or 'n/a'.
+    Rows beyond the paper's protocol (:attr:`DatasetResults.extension_methods`) are left out."""
+    out, ext = {}, res.extension_methods
+
+    def table(which):
+        t = res.table(which)
+        return None if t is None else t.drop(index=ext, errors="ignore")
+
     for which, label in (("certified", f"ARML lowest certified K={res.meta.get('K', K_PAPER)} robust error at every radius r > 0"),
                          ("nn1", "ARML lowest exact 1-NN robust error at every radius r > 0")):
-        t = res.table(which)
+        t = table(which)
         if t is None or "arml" not in t.index or len(t.index) < 2:
             out[label] = "n/a"
             continue
@@ -121,10 +132,10 @@ def claims(res: DatasetResults) -> dict[str, str]:
         worse = [c for c in t.columns[1:] if t.loc["arml", c] > others[c] + 1e-9]
         out[label] = "holds" if not worse else f"fails at r = {', '.join(worse)}"
     K = str(res.meta.get("K", K_PAPER))
-    clean = {m: v["clean_error"][K] for m, v in res.meta.get("methods", {}).items() if "clean_error" in v}
+    clean = {m: v["clean_error"][K] for m, v in res.meta.get("methods", {}).items() if "clean_error" in v and m not in ext}
     label = f"ARML clean {K}-NN error minus the best method's (points)"
     out[label] = f"{100 * (clean['arml'] - min(clean.values())):+.1f}" if "arml" in clean and len(clean) > 1 else "n/a"
-    t = res.table("certified")
+    t = table("certified")
     for m in ("nca", "lmnn"):
         label = f"{LEARNERS[m]} less robust than Euclidean (certified K={res.meta.get('K', K_PAPER)}, r > 0)"
         if t is None or m not in t.index or "euclidean" not in t.index:
@@ -136,11 +147,36 @@ def claims(res: DatasetResults) -> dict[str, str]:
     return out
 
 
+def _label(name: str) -> str:
+    """A method's display name; a row beyond the paper, '<method>+pruning', as 'ARML + pruning'."""
+    base, _, extra = name.partition("+")
+    return f"{LEARNERS[base]} + {extra}" if extra and base in LEARNERS else LEARNERS.get(name, name)
+
+
+def _pruning_md(res: DatasetResults) -> list[str]:
+    """The section on the rows beyond the paper's protocol (adversarial pruning), or []."""
+    rows = {}
+    for mm in res.extension_methods:
+        v, p = res.meta["methods"][mm], res.meta["methods"][mm].get("pruning")
+        if p:
+            optimum = "minimal" if p["exact"] else f"not proven minimal: >= {p['lower_bound']} needed"
+            rows[mm] = {"r": f"{p['radius']:g}", "kept": str(p["n_kept"]), "of": str(p["n_train"]),
+                        "removed (%)": 100 * (1 - p["n_kept"] / p["n_train"]), "solver": f"{p['solver']} ({optimum})",
+                        **{f"clean {k}-NN": 100 * e for k, e in v.get("clean_error", {}).items()}}
+    if not rows:
+        return []
+    return ["**Beyond the paper's protocol: adversarial pruning** (Yang et al., AISTATS 2020). The rows "
+            "'+ pruning' are K-NN with the same metric on its training set pruned so that no two points of "
+            "different labels have a separation `u^T M u / ||M u||` below 2r under that metric "
+            "(`arml_core.pruning`; the solver says whether the removal is proven minimal); every kept training "
+            "point then has an exact 1-NN radius of at least r. The claims of the overview leave these rows out.", "", _md_table(pd.DataFrame(rows).T), ""]
+
+
 def _md_table(df: pd.DataFrame, index_name: str = "method", fmt="{:.1f}") -> str:
     cols = [index_name] + list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for idx, row in df.iterrows():
-        cells = [LEARNERS.get(idx, idx)] + [fmt.format(v) if isinstance(v, (float, np.floating)) and np.isfinite(v)
+        cells = [_label(idx)] + [fmt.format(v) if isinstance(v, (float, np.floating)) and np.isfinite(v)
                                               else str(v) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -192,7 +228,7 @@ def summary_markdown(results_dir="results") -> str:
                 parts += ["r = 0 exceeds the clean error where a correctly classified point is equidistant "
                           "(to round-off) from its nearest same-class and other-class training points: its "
                           "minimal perturbation is 0 (an arbitrarily small step flips it). Such points: "
-                          + ", ".join(f"{LEARNERS.get(k, k)} {v}" for k, v in ties.items()) + ".", ""]
+                          + ", ".join(f"{_label(k)} {v}" for k, v in ties.items()) + ".", ""]
         tc, te = res.table("certified"), res.table("empirical")
         if tc is not None:
             both = tc.copy()
@@ -208,7 +244,10 @@ def summary_markdown(results_dir="results") -> str:
                 same = paper_layout(res.empirical, "certified_same_points_pct", res.methods)
                 parts += [f"Certified robust error (%) on the same {n_att} attacked points:", "",
                           _md_table(same), ""]
+        parts += _pruning_md(res)
         stage = pd.DataFrame({mm: v.get("stage_s", {}) for mm, v in m["methods"].items()}).T
+        if res.extension_methods:  # their fit is their method's; the methods have no pruning stage
+            stage = stage.astype(object).where(stage.notna(), "")
         if not stage.empty:
             parts += ["Wall time per stage (s; a stage loaded from `runs/` shows the time it took when computed):",
                       "", _md_table(stage), ""]
