@@ -217,3 +217,18 @@ def test_lfda_on_well_conditioned_data_is_metric_learns():
     ours = make_learner("lfda").fit(ds.X_train, ds.y_train).components_
     ref = metric_learn.LFDA().fit(ds.X_train, ds.y_train).components_
     np.testing.assert_allclose(ours, ref)
+
+
+@pytest.mark.parametrize("name", [k for k in LEARNERS if k != "euclidean"])
+def test_every_learner_refuses_one_class_alike(name, iris):
+    # LMNN used to fail with a TypeError inside metric-learn, NCA and LFDA to fit silently
+    with pytest.raises(ValueError, match="metric learning needs at least 2 classes, the labels hold 1"):
+        make_learner(name, **FAST.get(name, {})).fit(iris.X_train, np.zeros_like(iris.y_train))
+
+
+@pytest.mark.parametrize("name", ["nca", "lmnn", "itml", "lfda"])
+def test_make_learner_checks_metric_learn_parameters(name):
+    with pytest.raises(ValueError, match=f"bad parameter for {LEARNERS[name]}: it has no parameter 'bogus'"):
+        make_learner(name, bogus=1)
+    with pytest.raises(ValueError, match=f"bad parameter for {LEARNERS[name]}: n_co\\w+ must be a positive integer"):
+        make_learner(name, **({"n_constraints": -1} if name == "itml" else {"n_components": -1}))

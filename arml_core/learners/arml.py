@@ -10,6 +10,7 @@ import torch
 
 from ..metric import triplet_margin
 from ._base import _TorchLearner, check_param
+from ._checkpoint import check_tensor
 
 LOSSES = ("neg", "hinge", "exp", "logistic")
 
@@ -163,11 +164,16 @@ class ARML(_TorchLearner):
     callback : callable ``callback(epoch, loss)`` called after every epoch (1-based);
         returning ``False`` stops training early.
     verbose : int, prints a line every ``max(1, n_epochs // 10)`` epochs when > 0.
+    checkpoint, checkpoint_every : a file to save the fit's state in every
+        ``checkpoint_every`` epochs (default 10) and on a stop by the callback; a later
+        fit with the same data and parameters resumes from it and gives the same result
+        as one never interrupted (see ``_TorchLearner``). None (default): no checkpoint.
 
     Attributes
     ----------
     components_, loss_curve_ (mean loss per epoch), n_iter_, converged_, stop_reason_,
-    fit_time_, device_ (see ``_TorchLearner``), n_neighbour_searches_ (full, partial).
+    fit_time_, device_, resumed_from_ (see ``_TorchLearner``), n_neighbour_searches_
+    (full, partial).
     """
 
     _log_name = "ARML"
@@ -175,13 +181,15 @@ class ARML(_TorchLearner):
     def __init__(self, n_components: int | None = None, *, n_epochs: int = 1000, learning_rate: float = 1e-3,
                  n_candidates: int = 10, loss: str = "neg", margin: float = 1.0, resample_every: int = 1,
                  batch_size: int | None = None, device: str = "auto", random_state=None,
-                 callback: Callable[[int, float], object] | None = None, verbose: int = 0):
+                 callback: Callable[[int, float], object] | None = None, verbose: int = 0,
+                 checkpoint=None, checkpoint_every: int | None = None):
         super().__init__(n_components, n_epochs=n_epochs, learning_rate=learning_rate, device=device,
-                         random_state=random_state, callback=callback, verbose=verbose)
+                         random_state=random_state, callback=callback, verbose=verbose, checkpoint=checkpoint,
+                         checkpoint_every=checkpoint_every)
         self.n_candidates, self.resample_every, self.batch_size = n_candidates, resample_every, batch_size
         self.loss, self.margin = loss, margin
 
-    def _validate_params(self, n_features: int) -> None:
+    def _validate_params(self, n_features: int | None = None) -> None:
         super()._validate_params(n_features)
         check_param(self.n_candidates, "n_candidates", "positive int")
         check_param(self.resample_every, "resample_every", "positive int")
@@ -238,6 +246,39 @@ class ARML(_TorchLearner):
         total_v, g_finite = torch.stack([total, torch.isfinite(G).all().to(total.dtype)]).tolist()
         value = total_v / len(order)
         return value, bool(np.isfinite(value) and bool(g_finite)), {}
+
+    _INDEX_STATE = ("pos_list", "pos_out", "neg_list", "neg_out")
+
+    def _state_dict(self, state) -> dict:
+        """The random generator, the current triplets and the neighbour index."""
+        idx = state.index
+        out = {"gen": state.gen.get_state(), "p_idx": state.p_idx, "n_idx": state.n_idx,
+               "searches": torch.tensor([idx.n_full_searches, idx.n_partial_searches]),
+               "G_ref_inv": idx.G_ref_inv}
+        out.update({k: getattr(idx, k, None) for k in self._INDEX_STATE})
+        return out
+
+    def _load_state_dict(self, state, saved: dict) -> None:
+        idx, n, dev = state.index, len(state.X), state.X.device
+        d = state.X.shape[1]
+        shapes = {"pos_list": ((n, idx.L_pos), torch.long), "neg_list": ((n, idx.L_neg), torch.long),
+                  "pos_out": ((n,), torch.float32), "neg_out": ((n,), torch.float32)}
+        index = {k: check_tensor(saved[k], k, *shapes[k], high=n, finite=False) for k in self._INDEX_STATE}
+        inv = saved["G_ref_inv"]
+        inv = None if inv is None else check_tensor(inv, "G_ref_inv", (d, d), torch.float32)
+        triplets = [None if saved[k] is None else check_tensor(saved[k], k, (n,), torch.long, high=n)
+                    for k in ("p_idx", "n_idx")]
+        searches = check_tensor(saved["searches"], "searches", (2,), torch.long).tolist()
+        state.gen.set_state(check_tensor(saved["gen"], "gen", state.gen.get_state().shape, torch.uint8).cpu())
+        for k, v in index.items():
+            setattr(idx, k, v.to(dev))
+        idx.G_ref_inv = None if inv is None else inv.to(dev)
+        state.p_idx, state.n_idx = (None if t is None else t.to(dev) for t in triplets)
+        idx.n_full_searches, idx.n_partial_searches = searches
+
+    def _state_bytes(self, n: int, d: int) -> int:
+        width = 2 * 4 * self.n_candidates + 2
+        return 8 * n * width + 16 * n + 4 * d * d + 8192
 
     def _finish(self, state) -> None:
         self.n_neighbour_searches_ = (state.index.n_full_searches, state.index.n_partial_searches)

@@ -3,11 +3,13 @@ random state. ``make_learner``, ``LEARNERS`` (key -> display name) and ``PALETTE
 (key -> colour, for ``arml_core.plots``) are read from it."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 from .arml import ARML
-from .baselines import Euclidean, lfda_class, metric_learn_class
+from .baselines import Euclidean, baseline_class
 from .spectral import SpectralDefence
 
 DEFAULT_RANDOM_STATE = 42
@@ -28,10 +30,10 @@ class LearnerSpec:
 
 REGISTRY = {spec.key: spec for spec in (
     LearnerSpec("euclidean", "Euclidean", "#636363", lambda: Euclidean, random_state=None),
-    LearnerSpec("nca", "NCA", "#1f77b4", metric_learn_class("NCA")),
-    LearnerSpec("lmnn", "LMNN", "#ff7f0e", metric_learn_class("LMNN")),
-    LearnerSpec("itml", "ITML", "#2ca02c", metric_learn_class("ITML_Supervised")),
-    LearnerSpec("lfda", "LFDA", "#9467bd", lfda_class, random_state=None),
+    LearnerSpec("nca", "NCA", "#1f77b4", partial(baseline_class, "nca")),
+    LearnerSpec("lmnn", "LMNN", "#ff7f0e", partial(baseline_class, "lmnn")),
+    LearnerSpec("itml", "ITML", "#2ca02c", partial(baseline_class, "itml")),
+    LearnerSpec("lfda", "LFDA", "#9467bd", partial(baseline_class, "lfda"), random_state=None),
     LearnerSpec("arml", "ARML", "#d62728", lambda: ARML),
     LearnerSpec("spectral", "Spectral defence", "#17becf", lambda: SpectralDefence),
 )}
@@ -44,15 +46,38 @@ def display_name(method: str) -> str:
     return LEARNERS.get(method, method)
 
 
+def parameter_names(cls: type) -> list[str]:
+    """The parameters of a learner class (its ``__init__``'s), in order."""
+    if cls.__init__ is object.__init__:
+        return []
+    sig = inspect.signature(cls.__init__)
+    return [p.name for p in sig.parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
 def make_learner(name: str, **params):
-    """A fresh, unfitted learner by name (see ``LEARNERS``), with a fixed random state."""
+    """A fresh, unfitted learner by name (see ``LEARNERS``), with a fixed random state.
+
+    Every parameter is checked here (what can be checked without the data; the rest in
+    ``fit``): an unknown name or a bad value is a ValueError ``"bad parameter for
+    <method>: ..."`` that names the parameter."""
     key = str(name).strip().lower()
     spec = REGISTRY.get(key)
     if spec is None:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(LEARNERS)}")
+    cls = spec.factory()
+    known = parameter_names(cls)
+    unknown = [p for p in params if p not in known]
+    if unknown:
+        takes = f"its parameters are {', '.join(known)}" if known else "it takes none"
+        raise ValueError(f"bad parameter for {spec.display}: it has no parameter {', '.join(map(repr, unknown))}; "
+                         f"{takes}.")
     if spec.random_state is not None:
         params.setdefault("random_state", spec.random_state)
     try:
-        return spec.factory()(**params)
-    except TypeError as exc:  # an unknown keyword
+        est = cls(**params)
+        if hasattr(est, "_validate_params"):
+            est._validate_params()
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"bad parameter for {spec.display}: {exc}") from None
+    return est

@@ -46,12 +46,14 @@ class SpectralDefence(_TorchLearner):
     callback : ``callback(epoch, loss)`` after every epoch (1-based); returning ``False``
         stops training.
     verbose : int, prints a line every ``max(1, n_epochs // 10)`` epochs when > 0.
+    checkpoint, checkpoint_every : a file to save the fit's state in every
+        ``checkpoint_every`` epochs (default 10); see ``_TorchLearner``. None: no checkpoint.
 
     Attributes
     ----------
     components_, gamma_, loss_curve_ (total loss per epoch), margin_curve_ (the margin
     part), eigenvalues_ (of ``W^T W`` at the end, descending), n_iter_, converged_,
-    stop_reason_, fit_time_, device_.
+    stop_reason_, fit_time_, device_, resumed_from_.
     """
 
     _log_name = "Spectral"
@@ -60,9 +62,11 @@ class SpectralDefence(_TorchLearner):
     def __init__(self, n_components: int | None = None, *, gamma: float | str = 2.0, penalty: float = 0.1,
                  n_eigen: int = 1, eigen_weights: Sequence[float] | None = None, n_pairs: int = 2000,
                  n_epochs: int = 300, learning_rate: float = 1e-2, device: str = "auto", random_state=None,
-                 callback: Callable[[int, float], object] | None = None, verbose: int = 0):
+                 callback: Callable[[int, float], object] | None = None, verbose: int = 0,
+                 checkpoint=None, checkpoint_every: int | None = None):
         super().__init__(n_components, n_epochs=n_epochs, learning_rate=learning_rate, device=device,
-                         random_state=random_state, callback=callback, verbose=verbose)
+                         random_state=random_state, callback=callback, verbose=verbose, checkpoint=checkpoint,
+                         checkpoint_every=checkpoint_every)
         self.gamma, self.n_pairs = gamma, n_pairs
         self.penalty, self.n_eigen, self.eigen_weights = penalty, n_eigen, eigen_weights
 
@@ -71,12 +75,12 @@ class SpectralDefence(_TorchLearner):
             return np.ones(self.n_eigen)
         return np.asarray(self.eigen_weights, dtype=np.float64).ravel()
 
-    def _validate_params(self, n_features: int) -> None:
+    def _validate_params(self, n_features: int | None = None) -> None:
         super()._validate_params(n_features)
         check_param(self.n_pairs, "n_pairs", "positive int")
         check_param(self.n_eigen, "n_eigen", "positive int")
-        rank = min(n_features, self.n_components or n_features)
-        if self.n_eigen > rank:
+        rank = self.n_components if n_features is None else min(n_features, self.n_components or n_features)
+        if rank is not None and self.n_eigen > rank:
             raise ValueError(f"n_eigen ({self.n_eigen}) cannot be greater than the rank of W ({rank})")
         check_param(self.penalty, "penalty", "non-negative")
         w = self._weights()
