@@ -112,14 +112,12 @@ _REMOTE: dict[str, tuple[_RemoteFile, ...]] = {
         "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",
         "sha256:3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
         "sha256:8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        "sha256:f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
-        (9912422, 28881, 1648877, 4542)),
+        "sha256:f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"), (9912422, 28881, 1648877, 4542)),
     "fashion-mnist": _published(_FASHION_URL, _IDX_FILES, (
         "sha256:3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
         "sha256:a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
         "sha256:346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-        "sha256:67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
-        (26421880, 29515, 4422102, 5148)),
+        "sha256:67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"), (26421880, 29515, 4422102, 5148)),
 }
 
 # (train file, test file, n_features) of the LIBSVM data sets; ".bz2" variants accepted.
@@ -357,7 +355,7 @@ def _fetch_verified(
                     total = int(length) if length and length.isdigit() else None
                     if total is not None and total > cap:
                         raise OSError(f"could not download {url}: it announces {total:,} bytes, more than the "
-                                      f"{cap:,} {_expected(remote)}; the source serves a different file")
+                                      f"{cap:,} bytes {_expected(remote)}; the source serves a different file")
                     done = 0
                     if progress is not None:
                         progress(0, total, remote.filename)
@@ -398,7 +396,7 @@ def _fetch_verified(
 
 
 def _expected(remote: _RemoteFile) -> str:
-    return "bytes of the published file" if remote.size else "bytes allowed for a file of unknown size"
+    return "of the published file" if remote.size else "allowed for a file of unknown size"
 
 
 @contextlib.contextmanager
