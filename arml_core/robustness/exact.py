@@ -24,6 +24,7 @@ from ..device import resolve_device
 from ..knn import MahalanobisKNN, check_n_neighbors, pairwise_sq_dists
 from ..metric import components_from_metric, triplet_margin
 from ._qp import ABANDONED, N_INIT, NOT_CONVERGED, SOLVED, ConvergenceError, clarabel_solve, solve_working_set
+from .exact_knn import minimal_perturbations_knn
 
 __all__ = ["ConvergenceError", "minimal_perturbations", "verify_perturbations", "SOLVERS"]
 
@@ -63,8 +64,9 @@ def minimal_perturbations(
     n_screen_near: int = 8,
     random_state: int = 0,
     progress: PointProgress | None = None,
+    n_neighbors: int = 1, **options,
 ):
-    """Exact minimal l2 adversarial perturbations of Mahalanobis 1-NN.
+    """Exact minimal l2 adversarial perturbations of Mahalanobis 1-NN (and K-NN: ``n_neighbors``).
 
     For a correctly classified ``x`` (label ``y``, same-class training points ``P``),
     ``eps*(x)`` is the minimum over negatives ``n`` of the least-distance QP
@@ -106,6 +108,7 @@ def minimal_perturbations(
         affect speed, never the result.
     progress : callable(done, total) or None
         Called as test points are finished.
+    n_neighbors, **options : K > 1: :func:`.exact_knn.minimal_perturbations_knn` (its options, its result).
 
     Returns
     -------
@@ -117,6 +120,9 @@ def minimal_perturbations(
         The minimiser: ``x + delta`` lies on the decision boundary.  Zero rows for
         misclassified points, NaN rows where the norm is ``inf`` or ``nan``.
     """
+    if n_neighbors != 1 or options:  # K > 1: the order-K cell search of .exact_knn (K = 1: below)
+        return minimal_perturbations_knn(X_train, y_train, X_test, y_test, M, n_neighbors=n_neighbors, box=box,
+            solver=solver, device=device, tol=tol, max_iter=max_iter, strict=strict, progress=progress, **options)
     check_choice("solver", solver, SOLVERS)
     check_number("tol", tol)
     check_integer("max_iter", max_iter, 1)
