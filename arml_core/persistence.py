@@ -138,7 +138,7 @@ def _check_matrix_header(shape, dtype: np.dtype, what: str, limits: Limits, n_fe
         raise _Refused(f"{what} are a metric for {shape[1]} features but the data have {n_features}")
     try:
         limits.check("max_features", shape[1], f"the number of features of {what}")
-        limits.check("max_features", shape[0], f"the number of components (rows) of {what}")
+        limits.check("max_features", shape[0], f"the number of rows of {what}")
         limits.check("max_dense_entries", shape[0] * shape[1], f"the entries of {what}")
     except ValueError as exc:
         raise _Refused(str(exc)) from None
