@@ -14,7 +14,8 @@ the parent's and a time limit) and is classified as
 * ``silent failure``: a wrong or partial result (or a temporary file left behind) without a message;
 * ``data lost``: a file that should have survived was changed or removed;
 * ``exhausted``: over the memory or time guard (MemoryError, killed, timed out);
-* ``unclear exit``: the CLI failed without the ``error:`` line.
+* ``unclear exit``: the CLI failed without the ``error:`` line;
+* ``n/a``: the checkout has no such API (an older layout, ``--root``).
 
 A case is a :class:`Case` in ``CASES``; a new surface (e.g. the app) appends its own list. Run it
 against another checkout with ``--root DIR`` (import paths of older layouts are tried in turn).
@@ -47,7 +48,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("ARML_DATA_DIR", HERE.parents[1] / "shared" / "data"))
-CLASSES = ("clear error", "handled", "traceback", "silent failure", "data lost", "exhausted", "unclear exit")
+CLASSES = ("clear error", "handled", "traceback", "silent failure", "data lost", "exhausted", "unclear exit", "n/a")
 
 
 @dataclass
@@ -87,7 +88,14 @@ def api(name: str):
             continue
         if obj is not None:
             return obj
-    raise ImportError(f"{name} is in no known arml_core module")
+
+    def missing(*args, **kwargs):
+        raise _Missing(f"{name} is in no known arml_core module of this checkout")
+    return missing
+
+
+class _Missing(Exception):
+    """An API this checkout does not have: the case is 'n/a'."""
 
 
 # ------------------------------------------------------------------------------ builders
@@ -279,6 +287,8 @@ def classify(case: Case, tmp: Path) -> tuple[str, str]:
             result = case.run(tmp)
         except MemoryError as exc:
             return "exhausted", f"MemoryError {exc}"[:200]
+        except _Missing as exc:
+            return "n/a", str(exc)
         except (KeyboardInterrupt, SystemExit) as exc:
             if case.signal_ok:
                 return "handled", f"terminated ({type(exc).__name__})"
@@ -448,7 +458,7 @@ def main(argv=None) -> int:
     for s in surfaces:
         cnt = Counter(r["class"] for r in results if r["surface"] == s)
         print(f"{s:20s} " + " ".join(f"{cnt[c]:14d}" for c in CLASSES))
-    bad = [r for r in results if r["class"] not in ("clear error", "handled")]
+    bad = [r for r in results if r["class"] not in ("clear error", "handled", "n/a")]
     print(f"\nnot clear ({len(bad)}):")
     for r in bad:
         print(f"  [{r['class']}] {r['surface']}: {r['name']}: {r['detail']}")
