@@ -369,7 +369,7 @@ def _check_split_able(y: np.ndarray) -> None:
     labels, counts = np.unique(y, return_counts=True)
     if len(labels) < 2:
         raise ValueError(
-            f"all {len(y)} rows have the same label ({labels[0]!r}): a single class; "
+            f"all {len(y)} rows have the same label ({labels[0].item()!r}): a single class; "
             "classification needs at least two classes (the label is the last column)"
         )
     lonely = labels[counts < 2]

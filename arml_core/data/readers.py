@@ -79,6 +79,9 @@ def _load_files(name: str, data_dir: Path) -> _Raw:
                 f"could not read the LIBSVM files {[str(p) for p in found]} for {name!r} "
                 f"(expected {n_features} features, 1-based indices): {exc}"
             ) from exc
+        for X, which in ((X_tr, found[0]), (X_te, found[1])):
+            if X.shape[0] == 0:
+                raise ValueError(f"{name}: {which.name} holds no data lines; the file is empty or not LIBSVM")
         X_tr, X_te = X_tr.toarray(), X_te.toarray()
         for path in found:
             note = _KNOWN_VARIANTS.get(name, {}).get(_file_digest(path, "sha256"))
@@ -187,7 +190,10 @@ def _read_input(src: Any, limits: Limits) -> tuple[bytes | str, str | None]:
                 src.seek(0)
             except (OSError, ValueError):
                 pass
-        data = src.read(limits.max_bytes + 1)
+        try:
+            data = src.read(limits.max_bytes + 1)
+        except TypeError:  # a read() without a size argument
+            data = src.read()
         fname = getattr(src, "name", None)
         fname = Path(fname).name if isinstance(fname, str) and fname else None
         if not isinstance(data, (bytes, str)):
