@@ -31,7 +31,7 @@ def check_n_neighbors(n_neighbors, y=None) -> int:
         small = counts.argmin()
         if counts[small] < K:
             raise ValueError(
-                f"K={K} is larger than class {labels[small]!r}, which has only {counts[small]} "
+                f"K={K} is larger than class {labels[small].item()!r}, which has only {counts[small]} "
                 f"training points; choose K <= {counts[small]} (odd) or add data"
             )
     return K
