@@ -19,6 +19,7 @@ import streamlit as st
 from arml_core import data
 from arml_core.device import device_label
 from arml_core.evaluation import fit_metric, radii_for
+from arml_core.evaluation.gap import ExactKNNPlan, exact_knn_radii
 from arml_core.knn import MahalanobisKNN
 from arml_core.metric import metric_from_components
 from arml_core.learners import LEARNERS
@@ -354,6 +355,22 @@ def attack_norms(ds, sel, method, rec, K, attack_method="region"):
     G = np.ascontiguousarray(rec["G"], dtype=np.float64)
     return attack_norms_cached(training_view(ds, rec), dataset_key(ds, sel), method, G.tobytes(), G.shape, int(K),
                                attack_method)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def exact_knn_cached(_ds: data.Dataset, ds_key: str, method: str, G_bytes: bytes, G_shape, K: int,
+                     max_qp: int, max_seconds: float, _progress=None):
+    G = np.frombuffer(G_bytes).reshape(G_shape)
+    plan = ExactKNNPlan(True, True, max_qp, max_seconds, max_seconds * len(_ds.y_test), "")
+    return exact_knn_radii(_ds, metric_from_components(G), K, plan=plan, progress=_progress)
+
+
+def exact_knn(ds, sel, method, rec, K, plan: ExactKNNPlan, progress=None):
+    """Exact K-NN radii (K > 1) of the test points under the work limits of ``plan``: an
+    ExactKNNResult (``lower``/``upper``/``proven``), cached like the other radii."""
+    G = np.ascontiguousarray(rec["G"], dtype=np.float64)
+    return exact_knn_cached(training_view(ds, rec), dataset_key(ds, sel), method, G.tobytes(), G.shape, int(K),
+                            int(plan.max_qp), float(plan.max_seconds_per_point), _progress=progress)
 
 
 def knn_for(ds, rec, K) -> MahalanobisKNN:

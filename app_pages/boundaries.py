@@ -8,7 +8,9 @@ from arml_core.metric import metric_from_components
 from arml_core.robustness import minimal_perturbations
 from arml_core.explore import decision_grid_2d, decision_grid_slice, slice_directions
 from arml_core.plots import decision_boundary_figure, display_name, slice_figure
-from app_pages._shared import knn_for, open_page, radii, training_view
+from arml_core.plots_gap import add_discs
+from arml_core.evaluation.gap import exact_knn_plan
+from app_pages._shared import exact_knn, knn_for, open_page, radii, training_view
 
 page = open_page("Decision boundaries", "boundaries")
 sel, ds, K = page.sel, page.ds, page.K
@@ -17,7 +19,15 @@ names = page.class_names
 
 c1, c2 = st.columns(2)
 resolution = int(c1.slider("Grid resolution", 50, 400, 160, step=10, key="b_res"))
-show_discs = c2.checkbox("Show certified-radius discs", value=True, key="b_discs")
+plan = exact_knn_plan(len(ds.y_train), len(ds.y_test), K)
+disc_kinds = ["none", "exact"] if K == 1 else ["none", "certified"] + (["exact", "both"] if plan.offered else [])
+disc_kind = c2.radio("Discs around correctly classified test points", disc_kinds, index=1, horizontal=True,
+                     key="b_disc_kind",
+                     help="input-space l2 balls: certified = Theorem 1's lower bound; exact = the minimal "
+                          "perturbation (for K > 1 proven per point by the exact K-NN search); both = the "
+                          "certified disc (dotted) inside the exact one (solid): the gap between them is what "
+                          "the certificate cannot see")
+show_discs = disc_kind != "none"
 
 if ds.n_features == 2:
     X_all = np.vstack([ds.X_train, ds.X_test])
@@ -25,12 +35,26 @@ if ds.n_features == 2:
     for i, (m, rec) in enumerate(recs.items()):
         knn = knn_for(ds, rec, K)
         grid = decision_grid_2d(knn, X_all, resolution=resolution)
-        r = radii(ds, sel, m, rec, K)[0] if show_discs else None
+        r = r_exact = None
+        if disc_kind in ("exact", "both") and K > 1:
+            res = exact_knn(ds, sel, m, rec, K, plan)
+            r_exact = np.where(res.proven, res.upper, np.nan)  # unproven points get no exact disc
+            if not res.proven.all():
+                st.caption(f"{display_name(m)}: {int((~res.proven).sum())} point(s) hit the exact search's work "
+                           "limit and are drawn without an exact disc.")
+        if disc_kind in ("certified", "both") or (K == 1 and show_discs):
+            r = radii(ds, sel, m, rec, K)[0]
+        elif disc_kind == "exact":
+            r, r_exact = r_exact, None
         view = training_view(ds, rec)
         removed = np.delete(ds.X_train, rec["kept"], axis=0) if "kept" in rec else None
         fig = decision_boundary_figure(grid, view.X_train, view.y_train, X_test=ds.X_test, y_test=ds.y_test,
                                        radii=r, class_names=names, title=f"{display_name(m)}, {K}-NN",
-                                       removed=removed)
+                                       removed=removed,
+                                       radius_label="exact radius" if K == 1 or disc_kind == "exact"
+                                       else "certified radius")
+        if r_exact is not None:
+            add_discs(fig, ds.X_test, r_exact, label="exact radius")
         cols[i % len(cols)].plotly_chart(fig, key=f"b_fig_{m}")
 else:
     st.write(f"The data have {ds.n_features} features: the picture is a 2-D slice through one test point, "
@@ -60,7 +84,12 @@ else:
     for i, (m, rec_m) in enumerate(recs.items()):
         knn = knn_for(ds, rec_m, K)
         grid = decision_grid_slice(knn, ds.X_test[idx], u, v, extent=extent, resolution=min(resolution, 200))
-        r = radii(ds, sel, m, rec_m, K)[0][idx] if show_discs else None
+        r = None
+        if disc_kind in ("exact", "both") and K > 1:
+            res = exact_knn(ds, sel, m, rec_m, K, plan)
+            r = float(res.upper[idx]) if res.proven[idx] else None
+        elif show_discs:
+            r = radii(ds, sel, m, rec_m, K)[0][idx]
         fig = slice_figure(grid, label=int(ds.y_test[idx]), adv_norm=float(norms[0]) if m == method else None,
                            radius=r, class_names=names, title=f"{display_name(m)}, {K}-NN")
         cols[i % len(cols)].plotly_chart(fig, key=f"b_slice_{m}")

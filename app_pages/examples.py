@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from arml_core.evaluation.gap import exact_knn_one, exact_knn_plan
 from arml_core.explore import adversarial_example, neighbours
 from arml_core.metric import metric_from_components
 from arml_core.plots import display_name, feature_bar_figure, image_triplet_figure
@@ -37,29 +38,54 @@ else:
     idx = int(order[-1])
 
 x, y = ds.X_test[idx], int(ds.y_test[idx])
-c = st.columns(4)
+c = st.columns(5 if K > 1 else 4)
 c[0].metric("True label", names[y])
 c[1].metric(f"{K}-NN prediction", names[pred[idx]])
-c[2].metric(f"{kind.capitalize()} radius", f"{r[idx]:.4f}")
+c[2].metric("Certified (Theorem 1)" if K > 1 else "Exact radius", f"{r[idx]:.4f}",
+            help="a lower bound on the exact radius" if K > 1 else "the minimal l2 perturbation that flips 1-NN")
 
 if pred[idx] != y:
     st.warning(f"Test point {idx} is already misclassified under {display_name(method)}: its radius is 0.")
     st.stop()
 
 box = st.checkbox("Keep the adversarial point inside [0, 1]^D", value=False, key="e_box")
+bounds = (0.0, 1.0) if box else None
+view = training_view(ds, rec)
 with st.spinner("solving the exact minimal perturbation…" if K == 1 else "region attack (white-box) on this point…"):
     try:
-        view = training_view(ds, rec)
-        adv = adversarial_example(view.X_train, view.y_train, x, y, M, K, box=(0.0, 1.0) if box else None)
+        adv = adversarial_example(view.X_train, view.y_train, x, y, M, K, box=bounds)
     except ValueError as exc:
         st.error(str(exc))
         st.stop()
-norm, x_adv = adv.norm, adv.x_adv
+norm, x_adv, how = adv.norm, adv.x_adv, adv.how
+if K > 1:
+    plan = exact_knn_plan(len(view.y_train), 1, K)
+    ex = None
+    if plan.offered:
+        with st.spinner(f"exact {K}-NN radius of this point (best-first over order-{K} cells)…"):
+            ex = exact_knn_one(view.X_train, view.y_train, x, y, M, K, box=bounds)
+        if ex.proven[0]:
+            c[3].metric("Exact (proven)", f"{ex.upper[0]:.4f}",
+                        help="the minimal l2 perturbation that changes the K-NN vote, proven by a best-first "
+                             f"search over order-{K} Voronoi cells")
+        else:
+            c[3].metric("Exact (interval)", f"{ex.lower[0]:.4f} – {ex.upper[0]:.4f}",
+                        help=f"the search hit its work limit ({ex.info['limit_hit'].get(0, 'limit')}): "
+                             "the radius lies in this proven interval")
+    else:
+        c[3].metric("Exact", "not computed", help=plan.reason)
+    c[4].metric("Attack (region)", f"{norm:.4f}", help="an upper bound on the exact radius")
+    if ex is not None and ex.proven[0] and np.isfinite(ex.upper[0]):
+        shown = st.radio("Perturbation shown below", ["exact (minimal)", "region attack"], horizontal=True,
+                         key="e_which")
+        if shown.startswith("exact"):
+            norm, x_adv, how = float(ex.upper[0]), x + ex.deltas[0], "exact"
+else:
+    c[3].metric("Perturbation (exact)", f"{norm:.4f}")
 after = neighbours(knn, x_adv)
 flipped = after.prediction != y
-c[3].metric(f"Perturbation ({adv.how})", f"{norm:.4f}")
 (st.success if flipped else st.error)(
-    f"x + δ is classified as **{names[after.prediction]}** (true {names[y]}): the prediction "
+    f"x + δ ({how}) is classified as **{names[after.prediction]}** (true {names[y]}): the prediction "
     f"{'flips' if flipped else 'does NOT flip'}; ||δ|| = {norm:.4f}, {kind} radius {r[idx]:.4f}.")
 
 if ds.image_shape is not None:

@@ -259,3 +259,41 @@ def test_pruned_variants_appear_on_the_pages(app):
     assert not at.exception and not at.error
     removed = [t for spec in charts(at) for t in spec["data"] if t.get("name") == "removed by pruning"]
     assert len(removed) == 1 and len(values(removed[0]["x"])) == len(ds.y_train) - len(kept)
+
+
+def test_exact_knn_gap_on_curves_examples_and_boundaries(app):
+    """K = 3 on small 2-D data: the curves page draws certified >= exact >= attack error, the
+    examples page shows the three radii of one point in order, the boundaries page draws exact discs."""
+    at = app.run()
+    at.selectbox(key="w_dataset").set_value("moons").run()
+    at.number_input(key="w_n_train").set_value(80).run()
+    at.number_input(key="w_n_test").set_value(20).run()
+    at.multiselect(key="w_methods").set_value(["euclidean", "lfda"]).run()
+    at.number_input(key="w_K").set_value(3).run()
+    at.button(key="t_train").click().run()
+    at.switch_page("app_pages/curves.py").run()
+    assert not at.exception and not at.error
+    assert at.checkbox(key="c_exact").value  # on by default on small data
+    gap = next(c for c in charts(at) if "exact" in c["layout"]["title"]["text"])
+    data = {t["name"]: np.array(values(t["y"]), dtype=float) for t in gap["data"] if t.get("name")}
+    for m in ("Euclidean", "LFDA"):
+        cert, att = data[f"{m}: certified"], data[f"{m}: attack"]
+        ex = next(v for k, v in data.items() if k.startswith(f"{m}: exact"))
+        assert np.all(cert >= ex - 1e-9) and np.all(ex >= att - 1e-9)
+    assert any("proven for" in md.value for md in at.markdown)
+    at.switch_page("app_pages/examples.py").run()
+    at.radio(key="e_how").set_value("smallest positive radius").run()
+    assert not at.exception
+    shown = {m.label: m.value for m in at.metric}
+    cert = float(shown["Certified (Theorem 1)"])
+    ex_label = next(k for k in shown if k.startswith("Exact"))
+    ex = [float(v) for v in shown[ex_label].split(" – ")]
+    att = float(shown["Attack (region)"])
+    assert cert <= ex[0] + 1e-4 and ex[-1] <= att + 1e-4
+    if ex_label == "Exact (proven)":  # the minimal perturbation is shown and flips the vote
+        at.radio(key="e_which").set_value("exact (minimal)").run()
+        assert any("(exact)" in s.value and "flips" in s.value for s in at.success)
+    at.switch_page("app_pages/boundaries.py").run()
+    at.radio(key="b_disc_kind").set_value("exact").run()
+    assert not at.exception
+    assert "exact radius" in trace_names(at)
