@@ -131,23 +131,65 @@ class Evaluation:
 
 
 def fit_metric(dataset: Dataset, method: str, *, params: dict | None = None, device: str = "auto",
-               progress: StageProgress | None = None) -> tuple[np.ndarray, float, dict]:
-    """Fit one learner on the training split: (components, seconds, info)."""
+               progress: StageProgress | None = None, stop=None, timeout: float | None = None,
+               subprocess_after: float | None = None) -> tuple[np.ndarray, float, dict]:
+    """Fit one learner on the training split: (components, seconds, info).
+
+    ``stop`` (a ``threading.Event``) and ``timeout`` (seconds) end a fit early with
+    :class:`~arml_core.learners.FitStopped`: ARML between epochs (through its callback;
+    with a ``checkpoint`` in ``params`` the next fit resumes there), the metric-learn
+    learners in a child process (:func:`~arml_core.learners.fit_in_subprocess`), used when
+    ``stop``/``timeout`` is given and their estimated fit time
+    (:func:`~arml_core.limits.estimate_fit_seconds`) is at least ``subprocess_after``
+    seconds (default 0: always); quicker fits run here (a child costs about a second)."""
+    from ..learners import FitStopped, fit_in_subprocess
+    from ..limits import estimate_fit_seconds
+
     params = dict(params or {})
     key = method.lower()
+    start = time.perf_counter()
     if key == "arml":
         params.setdefault("device", device)
-        if progress is not None and "callback" not in params:
-            n_epochs = params.get("n_epochs", 1000)
-            params["callback"] = lambda e, loss: progress(key, e / n_epochs, f"epoch {e}/{n_epochs}, loss {loss:.4f}")
+        n_epochs = params.get("n_epochs", 1000)
+        user_cb = params.get("callback")
+
+        def callback(e, loss):
+            if progress is not None:
+                progress(key, e / n_epochs, f"epoch {e}/{n_epochs}, loss {loss:.4f}")
+            if stop is not None and stop.is_set():
+                return False
+            if timeout is not None and time.perf_counter() - start > timeout:
+                return False
+            return None if user_cb is None else user_cb(e, loss)
+
+        if progress is not None or stop is not None or timeout is not None:
+            params["callback"] = callback
     est = make_learner(key, **params)
     if progress is not None:
         progress(key, 0.0, f"fitting {LEARNERS.get(key, key)}")
-    start = time.perf_counter()
+    child = (key in ("nca", "lmnn", "itml", "lfda") and (stop is not None or timeout is not None)
+             and estimate_fit_seconds(key, *dataset.X_train.shape) >= (subprocess_after or 0.0))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        est.fit(dataset.X_train, dataset.y_train)
+        if child:
+            max_iter = getattr(est, "max_iter", None)
+
+            def relay(it, msg):
+                if progress is not None:
+                    frac = min(0.99, it / max_iter) if it is not None and max_iter else 0.0
+                    progress(key, frac, msg)
+
+            fit_in_subprocess(est, dataset.X_train, dataset.y_train, stop, timeout=timeout, progress=relay)
+        else:
+            est.fit(dataset.X_train, dataset.y_train)
     seconds = time.perf_counter() - start
+    why = None
+    if key == "arml" and est.stop_reason_.startswith("stopped by the callback"):
+        why = ("stop" if stop is not None and stop.is_set() else
+               "timeout" if timeout is not None and seconds > timeout else None)
+    if why is not None:
+        raise FitStopped(f"the ARML fit was stopped at epoch {est.n_iter_} of {n_epochs}"
+                         + (" (time limit)" if why == "timeout" else ""), why, seconds)
     G = np.asarray(est.components_, dtype=np.float64)
     if not np.all(np.isfinite(G)):
         raise ValueError(f"{LEARNERS.get(key, key)} produced a non-finite metric on {dataset.name}")
@@ -157,7 +199,8 @@ def fit_metric(dataset: Dataset, method: str, *, params: dict | None = None, dev
         info["projected_rank"] = int(est.projected_rank_)
     if key == "arml":
         info.update(loss_curve=list(map(float, est.loss_curve_)), n_iter=int(est.n_iter_),
-                    converged=bool(est.converged_), stop_reason=est.stop_reason_)
+                    converged=bool(est.converged_), stop_reason=est.stop_reason_,
+                    resumed_from=int(getattr(est, "resumed_from_", 0) or 0))
     if progress is not None:
         progress(key, 1.0, f"fitted in {seconds:.1f} s")
     return G, seconds, info
