@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import tempfile
@@ -114,6 +115,7 @@ class _Refused(ValueError):
 
 _LOAD_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError,
                 NotImplementedError, RuntimeError)
+LOAD_ERRORS = _LOAD_ERRORS  #: what reading a damaged or foreign ``.npz``/``.npy`` may raise (:func:`read_npz`)
 
 
 def _npy_header(fh) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -172,27 +174,34 @@ def _zip_members_count(fh, size: int) -> int:
     return struct.unpack("<H", tail[at + 10:at + 12])[0]
 
 
-def read_npz(source, members: dict, *, limits: Limits | None = None) -> dict[str, np.ndarray]:
-    """The arrays ``members`` names of an ``.npz`` (path or binary file object), each read
-    only after its ``.npy`` header passed ``members[name](shape, dtype)`` (which raises
-    ``ValueError``); a missing member is left out. Nothing is unpickled, and the file's
-    size and member count are checked before the zip directory is read."""
+def read_npz(source, members, *, limits: Limits | None = None,
+             max_members: int = MAX_NPZ_MEMBERS) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (path or binary file object), each read only after its
+    ``.npy`` header passed a check that raises ``ValueError``. ``members``: a dict
+    ``name -> check(shape, dtype)`` (only those names; a missing one is left out), or one
+    ``check(name, shape, dtype)`` for every member. Nothing is unpickled, and the file's
+    size and member count (at most ``max_members``) are checked before the zip directory is
+    read. A file that is not such an archive raises one of :data:`LOAD_ERRORS`."""
     limits = get_limits(limits)
     fh, size = _open_source(source, limits)
     try:
-        if _zip_members_count(fh, size) > MAX_NPZ_MEMBERS:
-            raise _Refused(f"the archive holds more than {MAX_NPZ_MEMBERS} members, so it is not a metric file "
-                           "(those hold two)")
+        if _zip_members_count(fh, size) > max_members:
+            raise _Refused(f"the archive holds more than {max_members} members"
+                           + (", so it is not a metric file (those hold two)" if max_members == MAX_NPZ_MEMBERS
+                              else ""))
         out = {}
         with zipfile.ZipFile(fh) as z:
-            names = set(z.namelist())
-            for key, check in members.items():
-                member = next((m for m in (f"{key}.npy", key) if m in names), None)
-                if member is None:
-                    continue
+            names = z.namelist()
+            if callable(members):
+                wanted = [(n[:-4] if n.endswith(".npy") else n, n, members) for n in names]
+            else:
+                present = set(names)
+                wanted = [(key, member, check) for key, check in members.items()
+                          if (member := next((m for m in (f"{key}.npy", key) if m in present), None))]
+            for key, member, check in wanted:
                 with z.open(member) as f:
                     shape, _, dtype = _npy_header(f)
-                check(shape, dtype)
+                check(key, shape, dtype) if callable(members) else check(shape, dtype)
                 with z.open(member) as f:
                     out[key] = npy_format.read_array(f, allow_pickle=False)
         return out
@@ -265,16 +274,36 @@ def _as_saved(value):
 
 def _stale_reason(meta: dict, dataset: str, method: str, settings: dict) -> str | None:
     """Why a cached run's metadata does not belong to its key (None: it does)."""
+    if meta.get("format_version") != FORMAT_VERSION:
+        return f"it records format_version {meta.get('format_version')!r}, not {FORMAT_VERSION}"
     fit_time = meta.get("fit_time_s")
-    if fit_time is not None and (isinstance(fit_time, bool) or not isinstance(fit_time, (int, float))
-                                 or not np.isfinite(fit_time) or fit_time < 0):
-        return f"its fit_time_s is {fit_time!r}, not a number of seconds"
+    if fit_time is not None and not _is_seconds(fit_time):
+        return f"its fit_time_s is {_short(fit_time)}, not a number of seconds"
     if not isinstance(meta.get("info", {}), dict):
         return f"its info is {type(meta['info']).__name__}, not an object"
     for field, expected in (("dataset", dataset), ("method", method), ("params", _as_saved(settings))):
         if meta.get(field) != expected:
-            return f"it records {field} {meta.get(field)!r}, not {expected!r}"
+            return f"it records {field} {_short(meta.get(field))}, not {expected!r}"
     return None
+
+
+def _is_seconds(value) -> bool:
+    """A finite, non-negative number (a JSON integer too large for a float is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value)) and value >= 0
+    except OverflowError:
+        return False
+
+
+def _short(value, n: int = 120) -> str:
+    """``repr(value)``, cut to ``n`` characters (a message quotes a file, it does not reprint it)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer of more digits than Python converts
+        text = f"a {type(value).__name__} too large to print"
+    return text if len(text) <= n else text[:n] + "..."
 
 
 def cached_metric(runs_dir, dataset: str, method: str, settings: dict, n_features: int):

@@ -2,7 +2,10 @@
 Euclidean 1-NN rows on pendigits against an independent brute force."""
 from __future__ import annotations
 
+import io
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +17,7 @@ from arml_core.evaluation import summary
 from arml_core.cli import main as cli_main
 from arml_core.data import load_dataset
 from arml_core.knn import MahalanobisKNN
-from arml_core.persistence import cached_metric, run_key
+from arml_core.persistence import cached_metric, run_key, store_metric
 
 
 def _ldp_nnls(A, b):
@@ -205,18 +208,20 @@ def test_a_different_metric_under_the_same_key_is_not_served_from_the_cache(spli
     assert key in meta3["methods"]["euclidean"]["fit_key"]
 
 
-def test_a_partial_rerun_leaves_no_stale_table(splice_run, shared_data_dir, tmp_path):
+def test_a_partial_rerun_keeps_the_tables_it_did_not_recompute(splice_run, shared_data_dir, tmp_path):
     root, _ = splice_run
     plan = rp.make_plan("splice", methods=["euclidean"], n_attack=40)
     rp.reproduce_dataset("splice", plan, data_dir=shared_data_dir, runs_dir=root / "runs",
                          results_dir=tmp_path / "r", device="cpu")
-    assert (tmp_path / "r" / "splice" / "knn11_empirical.csv").exists()
+    d = tmp_path / "r" / "splice"
+    before = {n: (d / n).read_bytes() for n in ("knn11_empirical.csv", "knn11_certified.csv")}
     plan = rp.make_plan("splice", methods=["euclidean"], stages=["fit", "nn1"])
     meta = rp.reproduce_dataset("splice", plan, data_dir=shared_data_dir, runs_dir=root / "runs",
                                 results_dir=tmp_path / "r", device="cpu")
-    assert not (tmp_path / "r" / "splice" / "knn11_empirical.csv").exists()
-    assert not (tmp_path / "r" / "splice" / "knn11_certified.csv").exists()
-    assert not any("Boundary Attack" in d for d in meta["deviations"])  # no attack, no attack deviation
+    assert {n: (d / n).read_bytes() for n in before} == before
+    assert meta["merge"]["kept"] == {"euclidean": ["knn11", "attack"]}
+    assert any("Boundary Attack" in x for x in meta["deviations"])  # the kept attack rows keep their deviation
+    assert meta["n_attack"] == 40 and "euclidean/knn11" in meta["checks"]
 
 
 def test_a_violation_is_reported(splice_run, monkeypatch, shared_data_dir):
@@ -385,3 +390,252 @@ def test_pruning_plans_and_bad_input(tmp_path, capsys):
         rp.make_plan("splice", defence="pruning", pruning_radius=-1.0)
     assert cli_main(["reproduce", "--datasets", "splice", "--pruning-radius", "0.2", "--results-dir", str(tmp_path)]) == 2
     assert "set defence='pruning'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ a rerun merges; the folder is replaced atomically
+# On iris (built in, 30 test points, K = 11): every run takes well under a second.
+
+
+def _toy_plan(methods=("euclidean", "lfda"), stages=rp.STAGES, **kw):
+    from dataclasses import replace
+
+    plan = rp.make_plan("iris", methods=methods, stages=stages, n_attack=10, grid=[0, 0.1, 0.2, 0.3])
+    return replace(plan, n_test=30, **kw)
+
+
+def _toy_run(tmp_path, plan, results="results", runs="runs"):
+    return rp.reproduce_dataset("iris", plan, runs_dir=tmp_path / runs, results_dir=tmp_path / results, device="cpu")
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _lines_of(data: bytes, method: str) -> list[bytes]:
+    return [line for line in data.splitlines() if line.split(b",")[0] == method.encode()]
+
+
+def _radii_columns(folder, method):
+    radii = pd.read_csv(folder / "radii.csv", dtype=str, keep_default_na=False)
+    return radii[[c for c in radii.columns if c.startswith(method + ".")]]
+
+
+@pytest.fixture()
+def toy_full(tmp_path):
+    meta = _toy_run(tmp_path, _toy_plan())
+    assert meta["failures"] == [] and meta["violations"] == [] and meta["merge"]["previous"] == "none"
+    return tmp_path, tmp_path / "results" / "iris", meta
+
+
+def test_a_narrower_rerun_keeps_the_other_tables_and_rows_byte_for_byte(toy_full):
+    tmp_path, d, meta = toy_full
+    before = _files(d)
+    assert set(before) == {"nn1_exact.csv", "knn11_certified.csv", "knn11_empirical.csv", "radii.csv",
+                           "metrics_meta.json"}
+    # fewer methods: LFDA's rows, columns, checks and entry stay as they were
+    again = _toy_run(tmp_path, _toy_plan(methods=["euclidean"]))
+    assert again["merge"]["kept"] == {"lfda": ["nn1", "knn11", "attack"]}
+    after = _files(d)
+    for name in ("nn1_exact.csv", "knn11_certified.csv", "knn11_empirical.csv", "radii.csv"):
+        assert after[name] == before[name], name  # Euclidean came from the cache: the same bytes
+    assert again["methods"]["lfda"] == meta["methods"]["lfda"]
+    assert {k: v for k, v in again["checks"].items() if k.startswith("lfda/")} == \
+        {k: v for k, v in meta["checks"].items() if k.startswith("lfda/")}
+    assert list(again["methods"]) == ["euclidean", "lfda"] and again["plan"]["methods"] == ["euclidean", "lfda"]
+    # fewer stages: the K = 11 tables are not touched
+    again = _toy_run(tmp_path, _toy_plan(methods=["euclidean"], stages=["fit", "nn1"]))
+    assert _files(d)["knn11_certified.csv"] == before["knn11_certified.csv"]
+    assert _files(d)["knn11_empirical.csv"] == before["knn11_empirical.csv"]
+    assert again["methods"]["euclidean"]["stage_s"] == meta["methods"]["euclidean"]["stage_s"]
+    assert again["n_attack"] == 10 and again["checks"].keys() == meta["checks"].keys()
+    # a method fitted again to another metric: its new rows replace its old ones, its stages not
+    # recomputed are dropped (they describe the old metric), LFDA's stay byte for byte
+    plan = _toy_plan(methods=["euclidean"], stages=["fit", "nn1"])
+    settings = rp.fit_settings(plan, "euclidean")
+    _, saved = cached_metric(tmp_path / "runs", "iris", "euclidean", settings, 4)
+    store_metric(tmp_path / "runs", "iris", "euclidean", settings, np.diag([3.0, 0.2, 1.0, 0.1]), 0.0, saved["info"])
+    changed = _toy_run(tmp_path, plan)
+    new = _files(d)
+    assert _lines_of(new["nn1_exact.csv"], "euclidean") != _lines_of(before["nn1_exact.csv"], "euclidean")
+    for name in ("nn1_exact.csv", "knn11_certified.csv", "knn11_empirical.csv"):
+        assert _lines_of(new[name], "lfda") == _lines_of(before[name], "lfda"), name
+        assert new[name].splitlines()[0] == before[name].splitlines()[0]  # the header
+    assert _lines_of(new["knn11_certified.csv"], "euclidean") == []
+    assert sorted(changed["merge"]["dropped"]) == ["euclidean attack: the method was fitted again, to another metric",
+                                                   "euclidean knn11: the method was fitted again, to another metric"]
+    old_radii = pd.read_csv(io.BytesIO(before["radii.csv"]), dtype=str, keep_default_na=False)
+    pd.testing.assert_frame_equal(_radii_columns(d, "lfda"), old_radii[list(_radii_columns(d, "lfda"))])
+    assert "euclidean/knn11" not in changed["checks"] and "lfda/knn11" in changed["checks"]
+    assert set(changed["methods"]["euclidean"]["stage_s"]) == {"fit", "nn1"}
+
+
+def test_an_incompatible_previous_folder_is_replaced_and_said_so(toy_full):
+    tmp_path, d, _ = toy_full
+    meta = _toy_run(tmp_path, _toy_plan(methods=["euclidean"], stages=["fit", "nn1"], seed=7))
+    assert meta["merge"]["previous"].startswith("replaced: it was computed with data_fingerprint")
+    assert set(meta["methods"]) == {"euclidean"} and not (d / "knn11_certified.csv").exists()
+
+
+@pytest.mark.parametrize("fail_at", ["knn11_certified.csv", "radii.csv", "metrics_meta.json", "rename"])
+def test_an_interrupted_final_write_leaves_the_previous_folder_intact(toy_full, monkeypatch, fail_at):
+    from arml_core.evaluation import results_folder as rf
+
+    tmp_path, d, meta = toy_full
+    before = _files(d)
+    real_write, real_rename = rf._write_file, os.rename
+
+    def write(path, text):
+        if path.name == fail_at:
+            real_write(path, text[: len(text) // 2])  # half the file, then the interruption
+            raise KeyboardInterrupt
+        real_write(path, text)
+
+    def rename(src, dst):
+        if Path(src).name == "new":  # the new folder into place, after the old one was renamed aside
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(rf, "_write_file", write)
+    if fail_at == "rename":
+        monkeypatch.setattr(rf.os, "rename", rename)
+    # a rerun whose results differ (Euclidean refitted to another metric, LFDA not run)
+    plan = _toy_plan(methods=["euclidean"], stages=["fit", "nn1"])
+    settings = rp.fit_settings(plan, "euclidean")
+    _, saved = cached_metric(tmp_path / "runs", "iris", "euclidean", settings, 4)
+    store_metric(tmp_path / "runs", "iris", "euclidean", settings, np.diag([3.0, 0.2, 1.0, 0.1]), 0.0, saved["info"])
+    with pytest.raises(KeyboardInterrupt):
+        _toy_run(tmp_path, plan)
+    assert _files(d) == before  # complete, and every file as it was
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["iris"]  # nothing left beside it
+    monkeypatch.undo()
+    done = _toy_run(tmp_path, plan)  # the same rerun, uninterrupted
+    assert done["merge"]["kept"] == {"lfda": ["nn1", "knn11", "attack"]}
+    assert _lines_of(_files(d)["nn1_exact.csv"], "euclidean") != _lines_of(before["nn1_exact.csv"], "euclidean")
+
+
+def test_a_swap_cut_between_its_two_renames_is_repaired_by_the_next_run(toy_full):
+    """A process killed after renaming the old folder aside, before renaming the new one in:
+    the new folder is complete (every file was written before the renames), so it is moved in."""
+    import subprocess
+    import sys
+
+    tmp_path, d, meta = toy_full
+    before = _files(d)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    tmp = tmp_path / "results" / f".iris.tmp-{dead}-abcd"
+    tmp.mkdir()
+    os.rename(d, tmp / "new")
+    (tmp / "old").mkdir()
+    (tmp / "old" / "nn1_exact.csv").write_text("stale")
+    assert summary.results_datasets(tmp_path / "results") == []  # a reader sees no half-written data set
+    meta2 = _toy_run(tmp_path, _toy_plan(methods=["euclidean"], stages=["fit", "nn1"]))
+    assert meta2["merge"]["previous"] == "merged" and meta2["merge"]["kept"] == {
+        "euclidean": ["knn11", "attack"], "lfda": ["nn1", "knn11", "attack"]}
+    assert _files(d)["knn11_empirical.csv"] == before["knn11_empirical.csv"]
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["iris"]
+
+
+def _tampered(path, change):
+    """``path`` (a cached metric) rewritten with its metadata changed: a dict of entries, or
+    ``("raw", value)`` for metadata that is ``value`` as JSON."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        G = np.load(io.BytesIO(z.read("components.npy")))
+        meta = json.loads(str(np.load(io.BytesIO(z.read("metadata.npy")))))
+    meta = change[1] if isinstance(change, tuple) else {**meta, **change}
+    buf = io.BytesIO()
+    np.savez(buf, components=G, metadata=np.array(json.dumps(meta)))
+    path.write_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize("change, reason", [
+    (("raw", [1, 2, 3]), "list JSON, not an object"),
+    ({"fit_time_s": "abc"}, "fit_time_s is 'abc'"),
+    ({"fit_time_s": 10 ** 400}, "fit_time_s is 1000000000"),  # no float: OverflowError, not a traceback
+    ({"fit_time_s": -1.0}, "fit_time_s is -1.0"),
+    ({"info": "x"}, "info is str"),
+    ({"dataset": "wine"}, "dataset 'wine'"),
+    ({"params": {"protocol": "paper", "n_train": 5, "seed": 42}}, "params"),
+    ({"format_version": 99}, "format_version 99"),
+])
+def test_a_tampered_cached_metric_warns_and_is_recomputed(tmp_path, change, reason):
+    plan = _toy_plan(methods=["euclidean"], stages=["fit", "nn1"])
+    first = _toy_run(tmp_path, plan)
+    key = first["methods"]["euclidean"]["fit_key"]
+    _tampered(tmp_path / "runs" / f"{key}.npz", change)
+    with pytest.warns(UserWarning, match=f"ignoring the saved run {key}.npz .*{reason}"):
+        meta = _toy_run(tmp_path, plan)
+    e = meta["methods"]["euclidean"]
+    assert e["cached"]["fit"] is False and reason.split()[0] in e["cache_warnings"][0]
+    assert e["fingerprints"] == first["methods"]["euclidean"]["fingerprints"]  # the identity, fitted again
+    assert cached_metric(tmp_path / "runs", "iris", "euclidean", rp.fit_settings(plan, "euclidean"), 4) is not None
+
+
+def test_an_lfda_metric_copied_under_armls_key_is_not_used_as_arml(tmp_path):
+    import shutil
+
+    plan = _toy_plan(methods=["lfda", "arml"], stages=["fit", "nn1"], params={"arml": {"n_epochs": 3}})
+    first = _toy_run(tmp_path, plan)
+    lfda, arml = (first["methods"][m]["fit_key"] for m in ("lfda", "arml"))
+    for ext in (".npz", ".json"):
+        shutil.copy(tmp_path / "runs" / f"{lfda}{ext}", tmp_path / "runs" / f"{arml}{ext}")
+    with pytest.warns(UserWarning, match=f"ignoring the saved run {arml}.npz .*method 'lfda'"):
+        meta = _toy_run(tmp_path, plan)
+    a = meta["methods"]["arml"]
+    assert a["cached"]["fit"] is False
+    assert a["fingerprints"] != meta["methods"]["lfda"]["fingerprints"]
+    assert a["fingerprints"] == first["methods"]["arml"]["fingerprints"]  # ARML again (seeded), not LFDA
+
+
+def test_a_damaged_stage_file_with_the_right_stamps_is_recomputed(tmp_path):
+    """A stage file is read with persistence.read_npz and checked (names, shapes, dtypes), not trusted."""
+    plan = _toy_plan(methods=["euclidean"], stages=["fit", "nn1"])
+    first = _toy_run(tmp_path, plan)
+    (path,) = (tmp_path / "runs").glob("*__nn1__*.npz")
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    good = pd.read_csv(tmp_path / "results" / "iris" / "radii.csv")["euclidean.nn1_exact"]
+    for bad in ({**arrays, "verified": arrays["verified"].astype(float)},  # ~ of a float: TypeError
+                {**arrays, "exact": arrays["exact"][:3]},  # too short
+                {k: v for k, v in arrays.items() if k != "bound"},  # missing
+                {**arrays, "_seconds": np.float64(np.nan)},
+                {**arrays, "exact": np.array([{"a": 1}] * 30, dtype=object)}):  # a pickle
+        np.savez(path, **bad)
+        meta = _toy_run(tmp_path, plan)
+        assert meta["methods"]["euclidean"]["cached"]["nn1"] is False
+        np.testing.assert_array_equal(pd.read_csv(tmp_path / "results" / "iris" / "radii.csv")["euclidean.nn1_exact"],
+                                      good)
+    assert first["methods"]["euclidean"]["cached"]["nn1"] is False
+
+
+def test_a_rerun_after_a_failure_keeps_the_earlier_rows_and_says_so(toy_full, monkeypatch):
+    import arml_core.evaluation.reproduce as mod
+
+    tmp_path, d, meta = toy_full
+    before = _files(d)
+    real = mod.fit_metric
+    monkeypatch.setattr(mod, "fit_metric", lambda ds, method, **kw: (_ for _ in ()).throw(ValueError("diverged"))
+                        if method == "lfda" else real(ds, method, **kw))
+    (tmp_path / "runs" / f"{meta['methods']['lfda']['fit_key']}.npz").unlink()  # so LFDA must be fitted
+    again = _toy_run(tmp_path, _toy_plan())
+    assert again["failures"] == ["LFDA: fit failed (ValueError: diverged) (the nn1, knn11, attack results of an "
+                                 "earlier run are kept)"]
+    assert again["merge"]["run_failures"] == ["LFDA: fit failed (ValueError: diverged)"]
+    for name in ("nn1_exact.csv", "knn11_certified.csv", "knn11_empirical.csv"):
+        assert _lines_of(_files(d)[name], "lfda") == _lines_of(before[name], "lfda")
+    # and a later successful run of the others leaves the failure recorded where it belongs
+    monkeypatch.undo()
+    later = _toy_run(tmp_path, _toy_plan(methods=["euclidean"]))
+    assert later["merge"]["run_failures"] == [] and len(later["failures"]) == 1
+
+
+def test_a_malformed_previous_metadata_is_replaced_not_a_traceback(toy_full):
+    tmp_path, d, _ = toy_full
+    for text in ("[1, 2]", '{"methods": [1]}', '{"methods": {"lfda": {"stage_s": 3}}}', "{not json",
+                 '{"methods": {}, "plan": "x"}'):
+        (d / "metrics_meta.json").write_text(text)
+        meta = _toy_run(tmp_path, _toy_plan(methods=["euclidean"], stages=["fit", "nn1"]))
+        assert meta["merge"]["previous"].startswith("replaced: it could not be read"), text
+        assert set(meta["methods"]) == {"euclidean"}

@@ -1,4 +1,5 @@
-"""Evaluation: robust-error tables (``evaluate``), the paper's reproduction (``reproduce``) and its summary."""
+"""Evaluation: robust-error tables (``evaluate``), the paper's reproduction (``reproduce``: its ``plan``, its
+``results_folder`` merged and replaced atomically) and its summary."""
 from .evaluate import (Evaluation, MethodResult, clean_error, evaluate, fit_metric, misclassified, parse_grid,
                        radii_for, robust_error_table)
 

@@ -16,8 +16,12 @@ Outputs, per data set ``results/<dataset>/``:
   (method, radius, robust error in %, number of points);
 * ``radii.csv``: the per-point radii behind them (the app draws curves from it);
 
-and ``results/SUMMARY.md`` over every data set present. Beyond the paper's protocol, on request
-(``defence='pruning'``), every method is also evaluated on its adversarially pruned training set.
+and ``results/SUMMARY.md`` over every data set present. A narrower rerun (fewer methods or
+stages) merges into the folder: what it did not recompute stays as it was, and the folder is
+replaced atomically (:mod:`arml_core.evaluation.results_folder`). The plan itself (profiles,
+subsamples, deviations) is :mod:`arml_core.evaluation.plan`. Beyond the paper's protocol, on
+request (``defence='pruning'``), every method is also evaluated on its adversarially pruned
+training set.
 
 Soundness checks (any failure is a bug, and the command exits non-zero):
 
@@ -36,174 +40,33 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
-import pandas as pd
 
 from ..data import Dataset, load_dataset
 from ..device import resolve_device
 from ..learners import LEARNERS
+from ..limits import DEFAULT_LIMITS
 from ..metric import metric_from_components, robust_error_curve
-from .._validation import check_choice, check_number
-from ..persistence import cached_metric, run_key, store_metric
-from .evaluate import StageProgress, fit_metric, misclassified, parse_grid
-from .summary import K_PAPER, PAPER_DATASETS
+from ..persistence import LOAD_ERRORS, cached_metric, read_npz, run_key, store_metric
+from .evaluate import StageProgress, fit_metric, misclassified
+from .plan import (CPU_FIT_N_TRAIN, CPU_N_ATTACK, CPU_REFERENCE_N_TRAIN, DEFENCES, GRID_STEP, N_TEST,  # noqa: F401
+                   PAPER_METHODS, PROFILES, PRUNING_STEPS, SEED, STAGES, Plan, _fit_settings, fit_settings,
+                   make_plan, paper_grid)
+from .results_folder import LAYOUT, RunOutput, save_results
+from .summary import K_PAPER, PAPER_DATASETS  # noqa: F401 - the CLI reads them here
 
-PAPER_METHODS = ("euclidean", "nca", "lmnn", "itml", "lfda", "arml")
-GRID_STEP = {"splice": 0.1, "pendigits": 0.1, "satimage": 0.15, "usps": 0.5, "mnist": 0.5,
-             "fashion-mnist": 0.5}
-N_TEST = 1000
-SEED = 42
-STAGES = ("fit", "nn1", "knn11", "attack")
-PROFILES = ("full", "gpu", "cpu")
-DEFENCES = ("none", "pruning")  # 'pruning': beyond the paper, every method also on its adversarially pruned set
-PRUNING_STEPS = {"satimage": 1}  # default pruning radius, in grid steps (else 2; satimage: 2 empty a class)
 RADIUS_TOL = 1e-6  # relative slack of the soundness checks (float64 round-off)
 # Bump when a change to the solvers could change a cached stage's numbers: every stage
 # file records it (with fingerprints of its data and metric) and is recomputed on a mismatch.
 STAGE_VERSION = 2
 
-# The CPU profile: what a 2-core machine without a GPU can finish in about an hour per
-# data set. Each entry becomes a stated deviation in the summary. The fit subsamples of
-# the metric-learn baselines (CPU-bound everywhere) also apply to the 'gpu' profile.
-CPU_REFERENCE_N_TRAIN = {"mnist": 3000, "fashion-mnist": 3000}
-CPU_FIT_N_TRAIN = {  # metric-learn baselines whose cost grows quadratically or worse in n
-    "usps": {"nca": 3000, "lmnn": 3000, "itml": 3000},
-    "mnist": {"nca": 2000, "lmnn": 2000, "itml": 2000},
-    "fashion-mnist": {"nca": 2000, "lmnn": 2000, "itml": 2000},
-}
-CPU_N_ATTACK = {"splice": 200, "pendigits": 200, "satimage": 200, "usps": 100, "mnist": 100,
-                "fashion-mnist": 100}
-
-
-def paper_grid(dataset: str) -> np.ndarray:
-    """The six radii of the paper's tables for ``dataset``: 0, step, ..., 5 step."""
-    step = GRID_STEP.get(dataset)
-    if step is None:
-        raise ValueError(f"no paper grid for {dataset!r}; the paper's data sets are {', '.join(PAPER_DATASETS)}")
-    return np.round(step * np.arange(6), 10)
-
-
-@dataclass
-class Plan:
-    """What is run for one data set, and how it departs from the paper's protocol."""
-
-    dataset: str
-    profile: str  # 'full' (the protocol), 'gpu' or 'cpu' (the stated subsamples)
-    methods: tuple
-    grid: list
-    n_neighbors: int = K_PAPER
-    n_test: int = N_TEST
-    seed: int = SEED
-    reference_n_train: int | None = None  # the K-NN's training set (None: all of it)
-    fit_n_train: dict = field(default_factory=dict)  # method -> fit subsample (absent: all)
-    params: dict = field(default_factory=dict)  # method -> learner parameters
-    n_attack: int | None = None  # first n test points attacked (None: all)
-    stages: tuple = STAGES
-    pruning_radius: float | None = None  # beyond the paper: '<method>+pruning' rows (None: none)
-
-    def deviations(self, n_train_full: int | None = None, n_train_ref: int | None = None) -> list[str]:
-        out = []
-        if self.reference_n_train is not None:
-            total = f" of {n_train_full}" if n_train_full else ""
-            out.append(f"Training set subsampled to {self.reference_n_train}{total} points (stratified, "
-                       f"seed {self.seed}) for every method, fitting and K-NN alike: the CPU profile "
-                       "(--profile gpu or full uses all of it).")
-        for m, n in sorted(self.fit_n_train.items()):
-            if m in self.methods:
-                of = f" of the {n_train_ref}" if n_train_ref else ""
-                out.append(f"{LEARNERS.get(m, m)} fitted on a stratified subsample of {n}{of} training "
-                           "points (its cost grows quadratically or worse with n); its K-NN uses the "
-                           "whole training set.")
-        for m, p in sorted(self.params.items()):
-            if m in self.methods and p:
-                out.append(f"{LEARNERS.get(m, m)} run with {json.dumps(p, sort_keys=True)} instead of "
-                           "its defaults.")
-        if "attack" in self.stages:
-            out.append("Empirical robust error from the white-box region attack (ARML_NOTES section 7), "
-                       "not the paper's black-box Boundary Attack: its norms are at most the Boundary "
-                       "Attack's on 99% of pendigits points (benchmarks/RESULTS.md), so the empirical "
-                       "errors here are, if anything, higher than the paper's method would give.")
-            if self.n_attack is not None and self.n_attack < self.n_test:
-                out.append(f"Empirical K = {self.n_neighbors} robust error on the first {self.n_attack} of "
-                           f"the {self.n_test} test points; the certified error on those same points is "
-                           "given beside it.")
-        if self.pruning_radius is not None:
-            out.append(f"Beyond the paper's protocol: every method is also evaluated, in the rows "
-                       f"'<method>+pruning', on its training set adversarially pruned at r = {self.pruning_radius:g} "
-                       "(Yang et al., AISTATS 2020; arml_core.pruning, separation under the method's metric); "
-                       "the paper's claims are judged without these rows.")
-        return out
-
-
-def make_plan(dataset: str, *, profile: str = "cpu", methods: Sequence[str] = PAPER_METHODS,
-              n_attack: int | None = None, grid: Sequence[float] | None = None,
-              stages: Sequence[str] = STAGES, defence: str = "none", pruning_radius: float | None = None) -> Plan:
-    """The plan for one data set, its deviations stated.
-
-    ``profile``: 'full' is the paper's protocol; 'gpu' keeps the full training and test
-    sets but fits NCA/LMNN/ITML (CPU-bound) on the subsamples of ``CPU_FIT_N_TRAIN``;
-    'cpu' also subsamples MNIST/Fashion-MNIST (``CPU_REFERENCE_N_TRAIN``) and attacks
-    only the first ``CPU_N_ATTACK`` test points. ``grid`` replaces the paper's radii
-    (required for a data set outside the paper). ``defence='pruning'`` (beyond the
-    paper's protocol) also evaluates every method on its training set adversarially
-    pruned at ``pruning_radius`` (default: two grid steps, one on satimage: ``PRUNING_STEPS``)."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-    stages = tuple(stages)
-    bad = [x for x in stages if x not in STAGES]
-    if bad:
-        raise ValueError(f"unknown stage(s) {', '.join(bad)}; choose from {', '.join(STAGES)}")
-    if "attack" in stages and "knn11" not in stages:
-        raise ValueError("the attack stage compares with the certified radii: add the knn11 stage")
-    methods = tuple(m.lower() for m in methods)
-    for m in methods:
-        if m not in LEARNERS:
-            raise ValueError(f"unknown method {m!r}; choose from {', '.join(LEARNERS)}")
-    if not methods:
-        raise ValueError("no method selected")
-    if grid is None:
-        grid = paper_grid(dataset)
-    else:
-        grid = parse_grid(grid)
-    plan = Plan(dataset=dataset, profile=profile, methods=methods, grid=list(map(float, grid)), stages=stages)
-    if profile in ("cpu", "gpu"):
-        plan.fit_n_train = {m: n for m, n in CPU_FIT_N_TRAIN.get(dataset, {}).items() if m in methods}
-    if profile == "cpu":
-        plan.reference_n_train = CPU_REFERENCE_N_TRAIN.get(dataset)
-        plan.n_attack = CPU_N_ATTACK.get(dataset)
-    if n_attack is not None:
-        if n_attack < 1:
-            raise ValueError(f"n_attack must be at least 1, got {n_attack}")
-        plan.n_attack = None if n_attack >= plan.n_test else int(n_attack)
-    check_choice("defence", defence, DEFENCES)
-    if defence == "pruning":
-        steps = min(PRUNING_STEPS.get(dataset, 2), len(plan.grid) - 1)
-        radius = plan.grid[steps] if pruning_radius is None else pruning_radius
-        plan.pruning_radius = float(check_number("pruning_radius", radius))
-    elif pruning_radius is not None:
-        raise ValueError("pruning_radius is the radius of defence='pruning'; set defence='pruning' too")
-    return plan
-
 
 # --------------------------------------------------------------------------- caching
-
-
-def _fit_settings(plan: Plan, method: str) -> dict:
-    """Cache key settings of a learned metric. With the protocol's defaults they are
-    ``{"protocol": "paper", "n_train": 0, "seed": 42}`` (``n_train`` 0: all)."""
-    s = {"protocol": "paper", "n_train": int(plan.fit_n_train.get(method) or 0), "seed": plan.seed}
-    if plan.reference_n_train is not None:
-        s["reference_n_train"] = int(plan.reference_n_train)
-    if plan.params.get(method):
-        s["params"] = plan.params[method]
-    return s
-
-
-fit_settings = _fit_settings  # the public name (benchmarks/bench_pruning.py reuses the reproduction's metrics)
 
 
 def _stage_path(runs_dir: Path, metric_key: str, stage: str, settings: dict) -> Path:
@@ -221,22 +84,47 @@ def fingerprint(*arrays) -> str:
     return h.hexdigest()[:16]
 
 
-def _cached_stage(path: Path, compute: Callable[[], dict], stamp: dict | None = None) -> tuple[dict, float, bool]:
+def _stage_member(name: str, shape: tuple, dtype: np.dtype) -> None:
+    """A stage file holds scalars and 1-D arrays of numbers, booleans or short text (checked
+    from the ``.npy`` header, before anything is read)."""
+    if dtype.fields is not None or dtype.kind not in "biufU" or len(shape) > 1 or \
+            (shape and shape[0] > DEFAULT_LIMITS.max_dense_entries) or (dtype.kind == "U" and dtype.itemsize > 4000):
+        raise ValueError(f"{name} is a {dtype} array of shape {shape}, not a stage result")
+
+
+def _valid_stage(arrays: dict, stamp: dict, expect: dict | None) -> bool:
+    """Whether a stage file's arrays carry ``stamp`` and hold what ``expect`` describes
+    (name -> (length, dtype kinds), length None for a scalar, -1 for any length)."""
+    if any(str(arrays.get(k, "")) != v for k, v in stamp.items()):
+        return False
+    secs = arrays.get("_seconds")
+    if secs is None or secs.shape != () or secs.dtype.kind not in "fiu" or not 0 <= float(secs) < np.inf:
+        return False
+    for name, (length, kinds) in (expect or {}).items():
+        a = arrays.get(name)
+        if a is None or a.dtype.kind not in kinds or \
+                (a.shape != () if length is None else (a.ndim != 1 or length not in (-1, len(a)))):
+            return False
+    return True
+
+
+def _cached_stage(path: Path, compute: Callable[[], dict], stamp: dict | None = None,
+                  expect: dict | None = None) -> tuple[dict, float, bool]:
     """(arrays, seconds it took when computed, whether it came from the cache).
 
     ``stamp`` (strings: the stage version, fingerprints of the data and the metric) is
-    stored with the arrays; a file whose stamp differs, or that cannot be read, is
-    recomputed."""
+    stored with the arrays; a file whose stamp differs, whose arrays are not those ``expect``
+    describes (:func:`_valid_stage`), or that cannot be read is recomputed. The file is read
+    with :func:`arml_core.persistence.read_npz` (headers checked first, nothing unpickled)."""
     stamp = {f"_stamp_{k}": str(v) for k, v in (stamp or {}).items()}
     if path.exists():
         try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            if all(str(arrays.get(k, "")) == v for k, v in stamp.items()):
+            arrays = read_npz(path, _stage_member, limits=DEFAULT_LIMITS, max_members=32)
+            if _valid_stage(arrays, stamp, expect):
                 for k in stamp:
                     arrays.pop(k)
                 return arrays, float(arrays.pop("_seconds")), True
-        except Exception:  # noqa: BLE001 - truncated, empty or foreign file: recompute it
+        except LOAD_ERRORS:  # truncated, empty or foreign file: recompute it
             pass
     t0 = time.perf_counter()
     arrays = compute()
@@ -277,7 +165,7 @@ class _Run:
     meta: dict
     per_point: dict
     rows: dict = field(default_factory=lambda: {"nn1": [], "knn11": [], "attack": []})
-    violations: list = field(default_factory=list)
+    done: dict = field(default_factory=dict)  # method -> the stages it computed (or loaded) in this run
 
     @property
     def K(self) -> int:
@@ -287,8 +175,11 @@ class _Run:
     def grid(self) -> np.ndarray:
         return np.asarray(self.plan.grid, dtype=float)
 
+    def failure(self, method: str, message: str) -> None:
+        self.meta["methods"][method].setdefault("failures", []).append(f"{LEARNERS.get(method, method)}: {message}")
+
     def failed(self, method: str, what: str, exc: Exception) -> None:
-        self.meta["failures"].append(f"{LEARNERS.get(method, method)}: {what} failed ({type(exc).__name__}: {exc})")
+        self.failure(method, f"{what} failed ({type(exc).__name__}: {exc})")
         self.meta["methods"][method].setdefault("errors", []).append(f"{what}: {exc}")
         self.say(f"{self.dataset}/{method}", 1.0, f"{what} FAILED: {exc}")
 
@@ -308,6 +199,19 @@ class _Method:
 _STAGE_ERRORS = (ValueError, RuntimeError, ArithmeticError, np.linalg.LinAlgError)
 
 
+def _cached_fit(run: _Run, method: str, settings: dict, m_meta: dict):
+    """``persistence.cached_metric``, its warnings (a corrupt or foreign file: recomputed)
+    passed on, told to the progress and kept in the method's metadata."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hit = cached_metric(run.runs_dir, run.dataset, method, settings, run.ds.n_features)
+    for w in caught:
+        warnings.warn(str(w.message), w.category, stacklevel=3)
+        m_meta.setdefault("cache_warnings", []).append(str(w.message))
+        run.say(f"{run.dataset}/{method}", 0.0, str(w.message))
+    return hit
+
+
 def _fit_stage(run: _Run, method: str) -> _Method | None:
     """The learned metric of ``method``: from the cache when it was fitted on the same
     data, else fitted and stored. None (a failure recorded) when it cannot be had."""
@@ -317,14 +221,13 @@ def _fit_stage(run: _Run, method: str) -> _Method | None:
     key = run_key(dataset, method, settings)
     fit_ds = _subsample(ds, plan.fit_n_train.get(method), plan.seed)
     fit_sha = fingerprint(fit_ds.X_train, fit_ds.y_train)
-    hit = cached_metric(run.runs_dir, dataset, method, settings, ds.n_features)
+    hit = _cached_fit(run, method, settings, m_meta)
     if hit is not None and hit[1].get("info", {}).get("data_fingerprint") != fit_sha:
         run.say(f"{dataset}/{method}", 0.0, "the cached metric was fitted on other data: refitting")
         hit = None
     if hit is None:
         if "fit" not in plan.stages:
-            run.meta["failures"].append(f"{LEARNERS.get(method, method)}: no cached metric, and the fit stage "
-                                        "was not requested")
+            run.failure(method, "no cached metric, and the fit stage was not requested")
             return None
         run.say(f"{dataset}/{method}", 0.0, f"fitting on {len(fit_ds.y_train)} points")
         try:
@@ -335,7 +238,11 @@ def _fit_stage(run: _Run, method: str) -> _Method | None:
             return None
         info = {k: v for k, v in info.items() if k != "loss_curve"}
         info["data_fingerprint"] = fit_sha
-        store_metric(run.runs_dir, dataset, method, settings, G, fit_s, info)
+        try:
+            store_metric(run.runs_dir, dataset, method, settings, G, fit_s, info)
+        except (ValueError, OSError) as exc:  # e.g. a foreign .json where the cache file goes: not cached
+            warnings.warn(f"{dataset}/{method}: the fitted metric could not be cached ({exc})", stacklevel=2)
+            m_meta.setdefault("cache_warnings", []).append(f"not cached: {exc}")
         m_meta["cached"]["fit"] = False
     else:
         G, saved = hit
@@ -343,15 +250,12 @@ def _fit_stage(run: _Run, method: str) -> _Method | None:
         m_meta["cached"]["fit"] = True
     m_meta.update(fit_key=key, fit_settings=settings, fit_n_train=int(len(fit_ds.y_train)),
                   fit_info=info, rank=int(np.linalg.matrix_rank(G)))
-    if info.get("projected_rank"):
-        run.meta["deviations"].append(
-            f"{LEARNERS.get(method, method)}: metric-learn's solution was not finite (singular within-class "
-            f"scatter), so it was fitted in the {info['projected_rank']}-dimensional principal subspace "
-            "(learners.LFDA).")
     m_meta["stage_s"]["fit"] = fit_s
     M = metric_from_components(G)
     stamp = {"version": STAGE_VERSION, "data": run.data_sha, "metric": fingerprint(G)}
-    return _Method(method, key, M, stamp, _clean_errors(run, ds, M, m_meta), m_meta)
+    clean = _clean_errors(run, ds, M, m_meta)
+    m_meta["fingerprints"] = {"metric": stamp["metric"], "data": run.data_sha}  # what the rows describe
+    return _Method(method, key, M, stamp, clean, m_meta)
 
 
 def _clean_errors(run: _Run, ds: Dataset, M: np.ndarray, meta: dict) -> dict:
@@ -375,23 +279,29 @@ def _pruned_stage(run: _Run, m: _Method) -> list[tuple[_Run, _Method]]:
 
     name = f"{m.name}+pruning"
     meta = run.meta["methods"].setdefault(name, {"stage_s": {}, "cached": {}, "pruned_from": m.name})
+    n_train = len(run.ds.y_train)
 
     def compute() -> dict:
         res = adversarial_pruning(run.ds.X_train, run.ds.y_train, m.M, r, device=run.device, return_result=True)
         return {"kept": res.kept, **{k: np.asarray(getattr(res, k)) for k in _PRUNING_FIELDS}}
 
     path = _stage_path(run.runs_dir, m.key, "pruning", {**run.eval_settings, "radius": r})
+    expect = {"kept": (-1, "iu"), **{k: (None, "biufU") for k in _PRUNING_FIELDS}}
     try:
-        a, secs, cached = _cached_stage(path, compute, m.stamp)
-        ds = replace(run.ds, X_train=run.ds.X_train[a["kept"]], y_train=run.ds.y_train[a["kept"]], subsampled=True)
+        a, secs, cached = _cached_stage(path, compute, m.stamp, expect)
+        kept = a["kept"]
+        if len(kept) and (kept.min() < 0 or kept.max() >= n_train or len(np.unique(kept)) != len(kept)):
+            raise ValueError(f"the cached pruning {path.name} lists indices outside the training set; delete it")
+        ds = replace(run.ds, X_train=run.ds.X_train[kept], y_train=run.ds.y_train[kept], subsampled=True)
         clean = _clean_errors(run, ds, m.M, meta)  # ValueError when a class keeps fewer than K points
     except _STAGE_ERRORS as exc:
         run.failed(name, "adversarial pruning", exc)
         return []
     meta["stage_s"]["pruning"], meta["cached"]["pruning"] = secs, cached
-    meta["pruning"] = {"radius": r, "n_kept": int(len(a["kept"])), "n_train": int(len(run.ds.y_train)),
+    meta["pruning"] = {"radius": r, "n_kept": int(len(kept)), "n_train": int(n_train),
                        **{k: a[k].item() for k in _PRUNING_FIELDS}}
     pruned = replace(run, ds=ds, data_sha=fingerprint(ds.X_train, ds.y_train, ds.X_test, ds.y_test))
+    meta["fingerprints"] = {"metric": m.stamp["metric"], "data": pruned.data_sha}
     return [(pruned, _Method(name, f"{m.key}__pruned{r:g}", m.M, {**m.stamp, "data": pruned.data_sha}, clean, meta))]
 
 
@@ -409,13 +319,11 @@ def _nn1_compute(run: _Run, m: _Method) -> dict:
 
 
 def _nn1_record(run: _Run, m: _Method, a: dict) -> None:
+    """The rows, radii and checks (a violation: ``results_folder.violation_messages``)."""
     exact, bound = a["exact"], a["bound"]
     n_bad = int((~a["verified"]).sum())
     n_above = int(np.sum(bound > exact * (1 + RADIUS_TOL) + 1e-12))
     run.meta["checks"][f"{m.name}/nn1"] = {"unverified_perturbations": n_bad, "bound_above_exact": n_above}
-    if n_bad or n_above:
-        run.violations.append(f"{m.name} 1-NN: {n_bad} exact perturbations failed verification, "
-                              f"{n_above} closed-form bounds above the exact radius")
     m.meta["nn1_ties"] = int(np.sum(~m.clean[1] & (exact == 0)))
     run.per_point[f"{m.name}.nn1_exact"] = exact
     run.per_point[f"{m.name}.nn1_bound"] = bound
@@ -461,12 +369,6 @@ def _attack_record(run: _Run, m: _Method, a: dict) -> None:
         "certified_above_attack": int(above.sum()),
         "attack_failures": int(np.isinf(norms).sum()),
         "attack_zero_not_misclassified": zero_mismatch}
-    if above.any():
-        run.violations.append(f"{m.name} {K}-NN: certified radius above the attack norm at "
-                              f"{int(above.sum())} points")
-    if zero_mismatch:
-        run.violations.append(f"{m.name} {K}-NN: at r = 0 the attack disagrees with the clean error at "
-                              f"{zero_mismatch} points")
     for r, e, c in zip(grid, emp_err, cert_err):
         run.rows["attack"].append({"method": m.name, "radius": float(r), "robust_error_pct": 100 * float(e),
                                    "n_points": int(n_att), "kind": "empirical (region attack)",
@@ -477,55 +379,62 @@ def _attack_record(run: _Run, m: _Method, a: dict) -> None:
 class _Stage:
     """An evaluation stage of the plan: what it computes (cached) and how it is recorded.
 
-    ``cache`` names its file under ``runs/`` and ``time_key`` / ``cached_key`` its entries
-    in the method's metadata (``{K}`` is replaced by K); ``label`` names it in a failure;
-    a ``required`` stage that fails ends the method's evaluation (the later stages need it)."""
+    ``cache`` names its file under ``runs/`` (``{K}`` is replaced by K) and ``expect``
+    what that file must hold (:func:`_valid_stage`); ``label`` names it in a failure; a
+    ``required`` stage that fails ends the method's evaluation (the later stages need it).
+    Where its results go in ``results/<dataset>/`` is ``results_folder.LAYOUT[name]``."""
 
     name: str
     cache: str
-    time_key: str
-    cached_key: str
     label: str
     compute: Callable[[_Run, _Method], dict]
     record: Callable[[_Run, _Method, dict], None]
     required: bool
+    expect: Callable[[_Run], dict]
     extra_settings: Callable[[_Run], dict] = lambda run: {}
 
 
 EVALUATION_STAGES = (
-    _Stage("nn1", "nn1", "nn1", "nn1", "exact 1-NN", _nn1_compute, _nn1_record, required=False),
-    _Stage("knn11", "knn{K}", "knn{K}_certified", "knn{K}", "{K}-NN certification", _certify_compute,
-           _certify_record, required=True),
-    _Stage("attack", "attack{K}", "knn{K}_attack", "attack", "{K}-NN attack", _attack_compute, _attack_record,
-           required=True, extra_settings=lambda run: {"n_attack": run.n_attack}),
+    _Stage("nn1", "nn1", "exact 1-NN", _nn1_compute, _nn1_record, required=False,
+           expect=lambda run: {"exact": (len(run.ds.y_test), "f"), "verified": (len(run.ds.y_test), "b"),
+                               "bound": (len(run.ds.y_test), "f")}),
+    _Stage("knn11", "knn{K}", "{K}-NN certification", _certify_compute, _certify_record, required=True,
+           expect=lambda run: {"radii": (len(run.ds.y_test), "f")}),
+    _Stage("attack", "attack{K}", "{K}-NN attack", _attack_compute, _attack_record, required=True,
+           expect=lambda run: {"norms": (run.n_attack, "f")}, extra_settings=lambda run: {"n_attack": run.n_attack}),
 )
 
 
 def _run_stage(run: _Run, m: _Method, stage: _Stage) -> bool:
     """Compute (or load) one stage of one method and record it; False when it failed."""
-    K = run.K
+    K, lay = run.K, LAYOUT[stage.name]
     path = _stage_path(run.runs_dir, m.key, stage.cache.format(K=K), {**run.eval_settings, **stage.extra_settings(run)})
     try:
-        arrays, secs, cached = _cached_stage(path, lambda: stage.compute(run, m), m.stamp)
+        arrays, secs, cached = _cached_stage(path, lambda: stage.compute(run, m), m.stamp, stage.expect(run))
     except _STAGE_ERRORS as exc:
         run.failed(m.name, stage.label.format(K=K), exc)
         return False
-    m.meta["stage_s"][stage.time_key.format(K=K)] = secs
-    m.meta["cached"][stage.cached_key.format(K=K)] = cached
+    m.meta["stage_s"][lay.time_key.format(K=K)] = secs
+    m.meta["cached"][lay.cached_key.format(K=K)] = cached
     stage.record(run, m, arrays)
+    run.done.setdefault(m.name, set()).add(stage.name)
     return True
 
 
 def reproduce_dataset(dataset: str, plan: Plan, *, data_dir=None, runs_dir="runs", results_dir="results",
                       device: str = "auto", progress: StageProgress | None = None) -> dict:
-    """Run (or resume) one data set and write ``results/<dataset>/``. Returns the metadata.
+    """Run (or resume) one data set and merge it into ``results/<dataset>/``. Returns the
+    metadata written.
 
     Per method: the fit (:func:`_fit_stage`), then the plan's stages of
     :data:`EVALUATION_STAGES` in order. A method that cannot be fitted, or a stage that
     fails (a solver that does not converge), is recorded in ``meta['failures']`` and the
-    run goes on; a soundness violation is recorded in ``meta['violations']``."""
+    run goes on; a soundness violation is recorded in ``meta['violations']``. Tables, rows
+    and entries this run did not recompute stay as they were
+    (:func:`arml_core.evaluation.results_folder.save_results`); ``meta['merge']`` says
+    what was kept, what was dropped and why, and this run's own failures and violations."""
     say = progress or (lambda *a: None)
-    runs_dir, out_dir = Path(runs_dir), Path(results_dir) / dataset
+    runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     t_load = time.perf_counter()
@@ -538,13 +447,10 @@ def reproduce_dataset(dataset: str, plan: Plan, *, data_dir=None, runs_dir="runs
     n_att = len(ds.y_test) if plan.n_attack is None else min(plan.n_attack, len(ds.y_test))
     data_sha = fingerprint(ds.X_train, ds.y_train, ds.X_test, ds.y_test)
     meta = {"dataset": dataset, "description": ds.description, "profile": plan.profile,
-            "plan": {k: v for k, v in asdict(plan).items() if k != "pruning_radius" or v is not None},
             "n_train_full": int(len(full.y_train)), "n_train": int(len(ds.y_train)),
             "n_test": int(len(ds.y_test)), "n_features": int(ds.n_features), "K": K, "grid": list(map(float, grid)),
             "n_attack": int(n_att) if "attack" in plan.stages else 0, "device": _device_name(dev),
-            "host": platform.node(), "data_fingerprint": data_sha,
-            "deviations": plan.deviations(len(full.y_train), len(ds.y_train)),
-            "load_s": load_s, "methods": {}, "checks": {}, "failures": []}
+            "host": platform.node(), "data_fingerprint": data_sha, "load_s": load_s, "methods": {}, "checks": {}}
     run = _Run(dataset, plan, ds, runs_dir, device, say,
                eval_settings={"n_test": plan.n_test, "seed": plan.seed, "K": K,
                               "reference_n_train": plan.reference_n_train or 0},
@@ -559,32 +465,16 @@ def reproduce_dataset(dataset: str, plan: Plan, *, data_dir=None, runs_dir="runs
                     break
             else:
                 say(f"{dataset}/{mm.name}", 1.0, "done " + ", ".join(f"{s} {v:.1f} s" for s, v in mm.meta["stage_s"].items()))
-
-    meta["violations"] = run.violations
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # results/<dataset>/ describes this run only: a table it did not produce is removed
-    for name, fname in (("nn1", "nn1_exact.csv"), ("knn11", f"knn{K}_certified.csv"), ("attack", f"knn{K}_empirical.csv")):
-        if run.rows[name]:
-            pd.DataFrame(run.rows[name]).to_csv(out_dir / fname, index=False, float_format="%.6g")
-        else:
-            (out_dir / fname).unlink(missing_ok=True)
-    pd.DataFrame(run.per_point).to_csv(out_dir / "radii.csv", index_label="test_index", float_format="%.8g")
-    (out_dir / "metrics_meta.json").write_text(json.dumps(meta, indent=2, default=_json_default))
-    return meta
+    written = save_results(results_dir, RunOutput(plan, meta, run.rows, run.per_point, run.done))
+    for d in written["merge"]["dropped"]:
+        say(dataset, 1.0, f"earlier results dropped: {d}")
+    return written
 
 
 def _rows(method, grid, radii, kind) -> list[dict]:
     err = robust_error_curve(radii, grid)
     return [{"method": method, "radius": float(r), "robust_error_pct": 100 * float(e), "n_points": int(len(radii)),
              "kind": kind} for r, e in zip(grid, err)]
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):  # numpy scalars: int, float, bool, str
-        return o.item()
-    if isinstance(o, (np.ndarray, tuple)):
-        return list(o) if isinstance(o, tuple) else o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 def _device_name(dev) -> str:
