@@ -212,14 +212,20 @@ def read_npz(source, members, *, limits: Limits | None = None,
 
 def load_npy(source, *, n_features: int | None = None, limits: Limits | None = None) -> np.ndarray:
     """A real 2-D matrix from an ``.npy`` (e.g. a metric ``M``), its header checked against
-    ``limits`` before the data are read; nothing is unpickled."""
+    ``limits`` before the data are read; nothing is unpickled. Anything else (a truncated or
+    foreign file, one too large) raises ValueError with a readable message."""
     limits = get_limits(limits)
+    name = getattr(source, "name", str(source))
     fh, _ = _open_source(source, limits)
     try:
         shape, _, dtype = _npy_header(fh)
-        _check_matrix_header(shape, dtype, "the array", limits, n_features)
+        _check_matrix_header(shape, dtype, "the values in the .npy", limits, n_features)
         fh.seek(0)
         return npy_format.read_array(fh, allow_pickle=False)
+    except _Refused:
+        raise
+    except _LOAD_ERRORS as exc:
+        raise ValueError(f"{name} is not a readable .npy file: {str(exc)[:300]}") from None
     finally:
         if fh is not source:
             fh.close()

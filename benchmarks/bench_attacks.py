@@ -41,14 +41,19 @@ def timed(fn, *args, **kw):
 
 
 def load_metric_file(path: str, D: int) -> np.ndarray:
-    p = Path(path)
-    if p.suffix == ".npz":
-        from arml_core.metric import metric_from_components
-        from arml_core.persistence import load_metric
+    """``M`` from an ``.npz`` (save_metric) or an ``.npy``, read by arml_core.persistence
+    (headers checked before any array is read, nothing unpickled); a bad file is a message."""
+    from arml_core.metric import metric_from_components
+    from arml_core.persistence import load_metric, load_npy
 
-        G, _ = load_metric(p, n_features=D)
-        return metric_from_components(G)
-    M = np.load(p)
+    p = Path(path)
+    try:
+        if p.suffix == ".npz":
+            G, _ = load_metric(p, n_features=D)
+            return metric_from_components(G)
+        M = load_npy(p, n_features=D)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--metric {path}: {exc}") from None
     if M.shape != (D, D):
         raise SystemExit(f"--metric {path}: expected a {D}x{D} matrix M, got shape {M.shape}")
     return M

@@ -219,7 +219,8 @@ def _merge(new: RunOutput, prev: _Folder | None, status: str) -> tuple[dict, dic
             if old is None or stage not in prev.tables or not (prev.tables[stage]["method"] == m).any():
                 continue
             if m in changed:
-                why = "the method was fitted again, to another metric"
+                why = "the method was fitted again, to another metric" if "fingerprints" in old else \
+                    "the method was fitted again, and the earlier results record no fingerprint of their metric"
             elif base != m and base in changed and m not in fresh:
                 why = f"{base} was fitted again, to another metric"
             elif stage == "attack" and n_attack != pmeta.get("n_attack"):
@@ -280,7 +281,8 @@ def _merge(new: RunOutput, prev: _Folder | None, status: str) -> tuple[dict, dic
     for m, e in methods_meta.items():
         note = f" (the {', '.join(kept[m])} results of an earlier run are kept)" if m in kept and m in meta["methods"] \
             else ""
-        out["failures"] += [f + note for f in (e["failures"] if "failures" in e else _legacy_failures(pmeta, m))]
+        legacy = m not in meta["methods"] and "failures" not in e  # an entry kept from a folder of before
+        out["failures"] += [f + note for f in (_legacy_failures(pmeta, m) if legacy else e.get("failures", []))]
     out["violations"] = violation_messages(checks, K)
     merged_plan = _merged_plan(plan, pmeta.get("plan") or {}, methods_meta, fresh, kept, tables, out["n_attack"])
     out["profile"] = merged_plan.profile
@@ -304,12 +306,16 @@ def _merged_plan(plan: Plan, prev_plan: dict, methods: dict, fresh: set, kept: d
                  n_attack: int) -> Plan:
     """The plan that the merged folder answers: each method with the settings it was fitted
     with (``fresh``: in this run; with rows ``kept``: in the previous plan), the stages with rows."""
+    def entry(key, kind):  # an entry of the previous plan, {} / () when absent or of another type
+        value = prev_plan.get(key)
+        return value if isinstance(value, kind) else kind()
+
     base = [m for m, e in methods.items() if not e.get("pruned_from")]
     fit_n, params = {}, {}
     for m in base:
         earlier = m not in fresh and m in kept
-        n = (prev_plan.get("fit_n_train") or {}).get(m) if earlier else plan.fit_n_train.get(m)
-        p = (prev_plan.get("params") or {}).get(m) if earlier else plan.params.get(m)
+        n = entry("fit_n_train", dict).get(m) if earlier else plan.fit_n_train.get(m)
+        p = entry("params", dict).get(m) if earlier else plan.params.get(m)
         if n:
             fit_n[m] = n
         if p:
@@ -319,7 +325,7 @@ def _merged_plan(plan: Plan, prev_plan: dict, methods: dict, fresh: set, kept: d
     if pruned:
         radius = plan.pruning_radius if any(m in fresh for m in pruned) else prev_plan.get("pruning_radius")
         radius = float(radius) if isinstance(radius, (int, float)) and not isinstance(radius, bool) else None
-    prev_stages = prev_plan.get("stages") or ()
+    prev_stages = entry("stages", list)
     stages = tuple(s for s in STAGES if s in tables or (s == "fit" and ("fit" in plan.stages or "fit" in prev_stages)))
     profiles = [plan.profile] if fresh or not prev_plan.get("profile") else []
     if set(kept) - fresh and prev_plan.get("profile"):
@@ -332,7 +338,8 @@ def _merged_plan(plan: Plan, prev_plan: dict, methods: dict, fresh: set, kept: d
 def _fit_deviations(methods: dict) -> list[str]:
     out = []
     for m, e in methods.items():
-        rank = (e.get("fit_info") or {}).get("projected_rank") if not e.get("pruned_from") else None
+        info = e.get("fit_info")
+        rank = info.get("projected_rank") if isinstance(info, dict) and not e.get("pruned_from") else None
         if rank:
             out.append(f"{LEARNERS.get(m, m)}: metric-learn's solution was not finite (singular within-class "
                        f"scatter), so it was fitted in the {rank}-dimensional principal subspace (learners.LFDA).")
