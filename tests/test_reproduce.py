@@ -639,3 +639,25 @@ def test_a_malformed_previous_metadata_is_replaced_not_a_traceback(toy_full):
         meta = _toy_run(tmp_path, _toy_plan(methods=["euclidean"], stages=["fit", "nn1"]))
         assert meta["merge"]["previous"].startswith("replaced: it could not be read"), text
         assert set(meta["methods"]) == {"euclidean"}
+
+
+def test_rows_beyond_the_protocol_are_kept_by_a_rerun_without_them_and_dropped_with_their_metric(tmp_path):
+    first = _toy_run(tmp_path, _toy_plan(stages=["fit", "nn1"], pruning_radius=0.05))
+    assert first["failures"] == [] and list(first["methods"]) == ["euclidean", "euclidean+pruning", "lfda",
+                                                                 "lfda+pruning"]
+    d = tmp_path / "results" / "iris"
+    before = _files(d)
+    plain = _toy_run(tmp_path, _toy_plan(methods=["lfda"], stages=["fit", "nn1"]))  # no defence now
+    assert _files(d)["nn1_exact.csv"] == before["nn1_exact.csv"]
+    assert plain["plan"]["pruning_radius"] == 0.05 and any("pruned at r = 0.05" in x for x in plain["deviations"])
+    assert "lfda+pruning" in summary.summary_markdown(tmp_path / "results").replace(" + ", "+").lower()
+    # LFDA fitted again to another metric: its pruned rows (of the old metric) go, Euclidean's stay
+    plan = _toy_plan(methods=["lfda"], stages=["fit", "nn1"])
+    settings = rp.fit_settings(plan, "lfda")
+    _, saved = cached_metric(tmp_path / "runs", "iris", "lfda", settings, 4)
+    store_metric(tmp_path / "runs", "iris", "lfda", settings, np.diag([3.0, 0.2, 1.0, 0.1]), 0.0, saved["info"])
+    meta = _toy_run(tmp_path, plan)
+    assert meta["merge"]["dropped"] == ["lfda+pruning nn1: lfda was fitted again, to another metric"]
+    assert list(meta["methods"]) == ["euclidean", "euclidean+pruning", "lfda"]
+    assert _lines_of(_files(d)["nn1_exact.csv"], "euclidean+pruning") == _lines_of(before["nn1_exact.csv"],
+                                                                                   "euclidean+pruning")
