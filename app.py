@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages import _training as training
 from app_pages._shared import init_state, sidebar
 
 st.set_page_config(page_title="ARML Explorer", page_icon=":material/shield:", layout="wide")
@@ -26,3 +27,4 @@ init_state()
 page = st.navigation(PAGES)
 sidebar()  # drawn once, here, for every page
 page.run()
+training.follow(st.sidebar)  # a run in progress (started on any page) goes on and shows here

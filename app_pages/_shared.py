@@ -36,21 +36,34 @@ UPLOAD_PREFIX = "upload:"
 
 
 # -- selection state ------------------------------------------------------------------------
-def _from_query(q) -> dict:
-    sel = dict(DEFAULTS)
-    try:
-        if "dataset" in q:
-            sel["dataset"] = q["dataset"]
-        for k in ("n_train", "n_test", "seed", "K"):
-            if k in q:
-                sel[k] = max(0, int(q[k]))
-        if "methods" in q:
-            sel["methods"] = [m for m in q["methods"].split(",") if m in LEARNERS]
-        if "prune" in q:
-            sel["prune"] = parse_prune(q["prune"])
-    except (ValueError, TypeError):
-        pass  # a hand-edited URL falls back to the defaults for what it got wrong
-    return sel
+def _from_query(q) -> tuple[dict, list[str]]:
+    """The selection a URL asks for, and a notice for each parameter that was ignored or
+    corrected (a hostile or stale link falls back to the defaults for what it got wrong)."""
+    sel, notices = dict(DEFAULTS), []
+    if "dataset" in q:
+        sel["dataset"] = str(q["dataset"])[:200]
+    for k in ("n_train", "n_test", "seed", "K"):
+        if k in q:
+            try:
+                v = int(q[k])
+            except (ValueError, TypeError, OverflowError):
+                notices.append(f"{k}={str(q[k])[:40]!r} is not a whole number: using {DEFAULTS[k]}.")
+                continue
+            lo = 1 if k == "K" else 0
+            if v < lo or v > 10**7:
+                fixed = min(max(v, lo), 10**7)
+                notices.append(f"{k}={v} is out of range: using {fixed}.")
+                v = fixed
+            sel[k] = v
+    if "methods" in q:
+        asked = [m.strip().lower() for m in str(q["methods"]).split(",") if m.strip()]
+        unknown = [m for m in asked if m not in LEARNERS]
+        sel["methods"] = list(dict.fromkeys(m for m in asked if m in LEARNERS))  # no duplicates
+        if unknown:
+            notices.append(f"unknown method(s) {', '.join(repr(m[:30]) for m in unknown[:5])} ignored.")
+    if "prune" in q:
+        sel["prune"] = parse_prune(q["prune"])
+    return sel, notices
 
 
 def parse_prune(text: str) -> dict[str, float]:
@@ -70,10 +83,11 @@ def parse_prune(text: str) -> dict[str, float]:
 def init_state() -> dict:
     ss = st.session_state
     if "sel" not in ss:
-        ss["sel"] = _from_query(st.query_params)
+        ss["sel"], ss["url_notices"] = _from_query(st.query_params)
         ss["arml_params"] = dict(ARML_DEFAULTS)
         ss["metrics"] = {}
         ss["upload"] = None
+        ss["uploaded_metrics"] = {}  # this session's uploaded metrics: never in runs/
     return ss["sel"]
 
 
@@ -130,6 +144,8 @@ def sidebar() -> dict:
     ss = st.session_state
     sb = st.sidebar
     sb.title("ARML Explorer")
+    for note in ss.get("url_notices") or []:
+        sb.info(f"From the link: {note}")
     names = data.available_datasets()
     if ss["upload"] is not None:
         names = names + [UPLOAD_PREFIX + ss["upload"][0]]
@@ -184,11 +200,22 @@ def _load_upload(filename: str, payload: bytes, n_train, n_test, seed: int) -> d
     return data.load_file(buf, n_train=n_train, n_test=n_test, seed=seed, name=filename)
 
 
+def _fingerprint(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:10]
+
+
+def train_key(ds: data.Dataset, sel: dict) -> str:
+    """What a trained metric depends on: the training set (its name, size, seed and a
+    fingerprint of its arrays), not the test set, so changing the test size reuses it."""
+    return f"{ds.name}-tr{sel['n_train']}-s{sel['seed']}-{_fingerprint(ds.X_train, ds.y_train)}"
+
+
 def dataset_key(ds: data.Dataset, sel: dict) -> str:
-    extra = ""
-    if sel["dataset"].startswith(UPLOAD_PREFIX) and st.session_state.get("upload"):
-        extra = hashlib.sha256(st.session_state["upload"][1]).hexdigest()[:10]
-    return f"{ds.name}{extra}-tr{sel['n_train']}-te{sel['n_test']}-s{sel['seed']}"
+    """The key of computations on the test points too (radii, attacks): training and test set."""
+    return f"{train_key(ds, sel)}-te{len(ds.y_test)}-{_fingerprint(ds.X_test, ds.y_test)}"
 
 
 def current_dataset(sel: dict, *, check_k: bool = True) -> data.Dataset:
@@ -216,17 +243,34 @@ def method_settings(method: str, sel: dict) -> dict:
     return base
 
 
+def fit_params(method: str, sel: dict) -> dict:
+    """The learner parameters of one fit in the app."""
+    if method == "arml":
+        return {**st.session_state["arml_params"], "random_state": int(sel["seed"])}
+    return {}
+
+
+def metric_key(ds, sel, method: str) -> tuple:
+    return (train_key(ds, sel), method, run_key(ds.name, method, method_settings(method, sel)))
+
+
+def _is_upload(sel) -> bool:
+    return sel["dataset"].startswith(UPLOAD_PREFIX)
+
+
 def get_metric(ds: data.Dataset, sel: dict, method: str):
-    """A trained metric record {G, fit_time, info, source} from memory or runs/, or None."""
-    settings = method_settings(method, sel)
-    key = (dataset_key(ds, sel), method, run_key(ds.name, method, settings))
+    """A trained metric record {G, fit_time, info, source} from memory or runs/, or None.
+    Euclidean needs no training: it is always there."""
+    key = metric_key(ds, sel, method)
     rec = st.session_state["metrics"].get(key)
-    if rec is None and not sel["dataset"].startswith(UPLOAD_PREFIX):
+    if rec is None and method == "euclidean":
+        rec = put_identity(ds, sel)
+    if rec is None and not _is_upload(sel):
         import warnings
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            hit = cached_metric(RUNS_DIR, dataset_key(ds, sel), method, settings, ds.n_features)
+            hit = cached_metric(RUNS_DIR, train_key(ds, sel), method, method_settings(method, sel), ds.n_features)
         for w in caught:
             st.warning(str(w.message))
         if hit is not None:
@@ -237,59 +281,69 @@ def get_metric(ds: data.Dataset, sel: dict, method: str):
     return rec
 
 
-def put_metric(ds, sel, method, G, fit_time, info, source="trained") -> None:
-    settings = method_settings(method, sel)
-    key = (dataset_key(ds, sel), method, run_key(ds.name, method, settings))
-    st.session_state["metrics"][key] = {"G": G, "fit_time": fit_time, "info": info, "source": source}
-    if not sel["dataset"].startswith(UPLOAD_PREFIX):
-        try:
-            store_metric(RUNS_DIR, dataset_key(ds, sel), method, settings, G, fit_time,
-                         {k: v for k, v in info.items()})
-        except OSError as exc:
-            st.warning(f"could not save the metric to {RUNS_DIR}/: {exc}")
+def put_identity(ds, sel) -> dict:
+    rec = {"G": np.eye(ds.n_features), "fit_time": 0.0, "info": {}, "source": "no training needed"}
+    st.session_state["metrics"][metric_key(ds, sel, "euclidean")] = rec
+    return rec
+
+
+def store_run(ds_key: str, method: str, settings: dict, G, fit_time, info) -> None:
+    """Save a trained metric to runs/ under ``ds_key`` (``dataset_key``) and ``settings``
+    (``method_settings``). Called from the training thread: no Streamlit calls."""
+    try:
+        store_metric(RUNS_DIR, ds_key, method, settings, G, fit_time, {k: v for k, v in info.items()})
+    except OSError:
+        pass  # the metric stays in the session; the disk cache is a convenience
+
+
+def put_upload(ds, name: str, G) -> str:
+    """An uploaded metric: this session's only, labelled as an upload everywhere, never in
+    runs/ and never under a trained method's key. Returns its entry key."""
+    key = f"{UPLOAD_PREFIX}{name}"
+    st.session_state["uploaded_metrics"][key] = {"G": G, "fit_time": 0.0, "info": {"loaded_from": name},
+                                                 "source": f"uploaded {name} (this session only)",
+                                                 "n_features": int(G.shape[1]), "dataset": ds.name}
+    return key
+
+
+def uploads_for(ds) -> dict:
+    return {k: rec for k, rec in st.session_state.get("uploaded_metrics", {}).items()
+            if rec["n_features"] == ds.n_features and rec["dataset"] == ds.name}
 
 
 def train(ds, sel, methods) -> None:
-    """Train the given methods with a progress bar each (ARML: per epoch)."""
-    for method in methods:
-        with st.status(f"Training {display_name(method)}…", expanded=True) as status:
-            bar = st.progress(0.0, text="starting")
-            try:
-                params = {}
-                if method == "arml":
-                    params = {**st.session_state["arml_params"], "random_state": int(sel["seed"])}
+    """Start fitting ``methods`` in the background and follow it here until it ends."""
+    from app_pages import _training
 
-                def progress(stage, frac, msg):
-                    bar.progress(min(1.0, frac), text=msg)
-
-                G, seconds, info = fit_metric(ds, method, params=params, progress=progress)
-                put_metric(ds, sel, method, G, seconds, info)
-                status.update(label=f"{display_name(method)}: trained in {seconds:.1f} s", state="complete",
-                              expanded=False)
-            except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
-                status.update(label=f"{display_name(method)} failed", state="error")
-                st.error(f"{display_name(method)}: {exc}")
+    _training.start(ds, sel, methods)
+    _training.follow()
 
 
 def trained(ds, sel, methods=None) -> dict:
+    """The selected methods' metrics that exist, then this session's uploaded metrics."""
     methods = sel["methods"] if methods is None else methods
-    return {m: rec for m in methods if (rec := get_metric(ds, sel, m)) is not None}
+    recs = {m: rec for m in dict.fromkeys(methods) if (rec := get_metric(ds, sel, m)) is not None}
+    return {**recs, **uploads_for(ds)}
 
 
 def require_trained(ds, sel) -> dict:
-    recs = trained(ds, sel)
-    if not sel["methods"]:
+    from app_pages import _training
+
+    if not sel["methods"] and not uploads_for(ds):
         st.info("Select at least one method in the sidebar.")
         st.stop()
+    recs = trained(ds, sel)
+    missing = [m for m in sel["methods"] if m not in recs]
+    _training.maybe_auto_train(ds, sel, missing)
     if not recs:
+        if _training.running():
+            _training.follow()
         st.info("No trained metric for this selection yet: train on the **Train & compare** page.")
-        if st.button("Train the selected methods now", key="train_here"):
+        if st.button(_training.button_label(ds, sel, sel["methods"]), key="train_here"):
             train(ds, sel, sel["methods"])
-            st.rerun()
         st.stop()
-    missing = [display_name(m) for m in sel["methods"] if m not in recs]
-    if missing:
-        st.caption(f"Not trained yet (see Train & compare): {', '.join(missing)}")
+    if missing and not _training.running():
+        st.caption(f"Not trained yet (see Train & compare): {', '.join(display_name(m) for m in missing)}")
     return recs
 
 
@@ -308,7 +362,7 @@ def with_pruning(ds, sel, recs: dict, K: int) -> dict:
         if m not in recs:
             continue
         G = np.ascontiguousarray(recs[m]["G"], dtype=np.float64)
-        res = _kept_cached(ds, dataset_key(ds, sel), G.tobytes(), G.shape, float(r))
+        res = _kept_cached(ds, train_key(ds, sel), G.tobytes(), G.shape, float(r))
         view = training_view(ds, {"kept": res.kept})
         try:
             data.validate_for_k(view, K)

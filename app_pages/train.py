@@ -11,7 +11,8 @@ from arml_core.evaluation import clean_error
 from arml_core.metric import metric_from_components
 from arml_core.persistence import load_metric, metric_to_bytes
 from arml_core.plots import clean_error_figure, display_name, loss_curve_figure, robust_error_figure
-from app_pages._shared import (ARML_DEFAULTS, open_page, put_metric, radii, train, trained, training_view,
+from app_pages import _training
+from app_pages._shared import (ARML_DEFAULTS, UPLOAD_PREFIX, open_page, put_upload, radii, train, trained, training_view,
                                with_pruning)
 
 page = open_page("Train & compare", "train", need_trained=False)
@@ -47,15 +48,25 @@ with st.expander("Adversarial pruning (a data-side defence)", expanded=bool(sel.
     sel["prune"] = prune
 
 methods = sel["methods"]
-if not methods:
+if not methods and not trained(ds, sel):
     st.info("Select at least one method in the sidebar.")
     st.stop()
 have = trained(ds, sel)
 todo = [m for m in methods if m not in have]
+_training.maybe_auto_train(ds, sel, todo)
 c1, c2 = st.columns([1, 3])
-if c1.button(f"Train {len(todo)} method(s)" if todo else "Retrain all", type="primary", key="t_train"):
-    train(ds, sel, todo or methods)
+label = _training.button_label(ds, sel, todo) if todo else "Retrain all"
+if c1.button(label, type="primary", key="t_train", disabled=_training.running()):
+    retrain = todo or [m for m in methods if m != "euclidean"]
+    if not todo:  # retrain: forget the session's copies so the new fits replace them
+        from app_pages._shared import metric_key
+
+        for m in retrain:
+            st.session_state["metrics"].pop(metric_key(ds, sel, m), None)
+    train(ds, sel, retrain)
     have = trained(ds, sel)
+if _training.running():
+    _training.follow()
 if not have:
     c2.info("Nothing trained yet for this selection: press the button.")
     st.stop()
@@ -86,14 +97,17 @@ c1, c2 = st.columns(2)
 pick = c1.selectbox("Metric to download", [m for m in have if "kept" not in have[m]], format_func=display_name,
                     key="t_dl_pick")
 c1.download_button("Download .npz", metric_to_bytes(have[pick]["G"], {"dataset": ds.name, "method": pick}),
-                   file_name=f"{ds.name}_{pick}.npz", mime="application/octet-stream", key="t_dl")
-up = c2.file_uploader("Upload a metric (.npz)", type=["npz"], key="t_upload")
-target = c2.selectbox("Use it as", methods, format_func=display_name, key="t_up_target")
+                   file_name=f"{ds.name}_{pick.replace(UPLOAD_PREFIX, 'upload_')}.npz", mime="application/octet-stream", key="t_dl")
+up = c2.file_uploader("Upload a metric (.npz)", type=["npz"], key="t_upload",
+                      help="It stays in this session, is labelled as an upload on every page and is never "
+                           "saved on the server.")
 if up is not None and c2.button("Load metric", key="t_load"):
     try:
-        G, meta = load_metric(io.BytesIO(up.getvalue()), n_features=ds.n_features)
-        put_metric(ds, sel, target, G, 0.0, {"loaded_from": up.name}, source=f"upload {up.name}")
-        st.success(f"Loaded {up.name} as {display_name(target)} ({G.shape[0]}x{G.shape[1]}).")
+        buf = io.BytesIO(up.getvalue())
+        buf.name = up.name
+        G, meta = load_metric(buf, n_features=ds.n_features)
+        key = put_upload(ds, up.name, G)
+        st.success(f"Loaded {up.name} ({G.shape[0]}x{G.shape[1]}) as {display_name(key)}, for this session only.")
         st.rerun()
     except ValueError as exc:
         st.error(str(exc))

@@ -41,8 +41,14 @@ LEARNERS = {key: spec.display for key, spec in REGISTRY.items()}
 PALETTE = {key: spec.colour for key, spec in REGISTRY.items()}
 
 
+UPLOAD_PREFIX = "upload:"  # the app's key of a metric a user uploaded: "upload:<file name>"
+
+
 def display_name(method: str) -> str:
-    """The display name of a learner key; anything else (a file name) as it is."""
+    """The display name of a learner key, "Upload: <file>" for an uploaded metric's key;
+    anything else (a file name) as it is."""
+    if method.startswith(UPLOAD_PREFIX):
+        return f"Upload: {method[len(UPLOAD_PREFIX):]}"
     return LEARNERS.get(method, method)
 
 
