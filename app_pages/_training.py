@@ -139,10 +139,10 @@ def follow(where=None) -> None:
     if j is None:
         return
     tj = j["job"]
-    box = (where or st).container(border=True)
     if not tj.running:
-        _report(j)
+        _report(j, where or st)
         return
+    box = (where or st).container(border=True)
     box.markdown(f"**Training on {j['dataset']}** (it goes on if you switch pages)")
     if box.button("Stop training", key=f"stop_{id(tj)}_{'side' if where is not None else 'main'}",
                   type="secondary"):
@@ -160,12 +160,12 @@ def follow(where=None) -> None:
         time.sleep(_POLL_S)
 
 
-def _report(j) -> None:
+def _report(j, where) -> None:
     """After the run: what failed or was stopped, once per run (then the run is forgotten)."""
     for s in j["job"].states():
         if s.status == "failed":
-            st.error(f"{s.name} failed: {s.message}")
+            where.error(f"{s.name} failed: {s.message}")
         elif s.status == "stopped":
             again = " Press Train to resume it from its last checkpoint." if s.key == "arml" else ""
-            st.warning(f"{s.name} was stopped: {s.message}.{again}")
+            where.warning(f"{s.name} was stopped: {s.message.rstrip('.')}.{again}")
     st.session_state["job"] = None
