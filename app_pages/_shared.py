@@ -23,6 +23,7 @@ from arml_core.evaluation.gap import ExactKNNPlan, exact_knn_radii
 from arml_core.knn import MahalanobisKNN
 from arml_core.metric import metric_from_components
 from arml_core.learners import LEARNERS
+from arml_core.learners.registry import variant_key
 from arml_core.plots import display_name, pruned_key
 from arml_core.persistence import cached_metric, run_key, store_metric
 from arml_core.pruning import adversarial_pruning
@@ -276,7 +277,7 @@ def get_metric(ds: data.Dataset, sel: dict, method: str):
         if hit is not None:
             G, meta = hit
             rec = {"G": G, "fit_time": float(meta.get("fit_time_s") or 0.0), "info": meta.get("info", {}),
-                   "source": "runs/"}
+                   "source": "runs/", "settings": method_settings(method, sel)}
             st.session_state["metrics"][key] = rec
     return rec
 
@@ -323,7 +324,19 @@ def trained(ds, sel, methods=None) -> dict:
     """The selected methods' metrics that exist, then this session's uploaded metrics."""
     methods = sel["methods"] if methods is None else methods
     recs = {m: rec for m in dict.fromkeys(methods) if (rec := get_metric(ds, sel, m)) is not None}
-    return {**recs, **uploads_for(ds)}
+    return {**recs, **other_runs(ds, sel, methods), **uploads_for(ds)}
+
+
+def other_runs(ds, sel, methods) -> dict:
+    """This session's earlier runs of a selected method with other settings (ARML with other
+    epochs or learning rate), as separate named entries beside the current one."""
+    if not st.session_state.get("show_other_runs", True):
+        return {}
+    tkey, out = train_key(ds, sel), {}
+    for (k, method, rkey), rec in list(st.session_state["metrics"].items()):
+        if k == tkey and method in methods and rkey != metric_key(ds, sel, method)[2] and rec.get("settings"):
+            out[variant_key(method, rec["settings"])] = rec
+    return out
 
 
 def require_trained(ds, sel) -> dict:

@@ -103,7 +103,8 @@ def start(ds, sel, methods) -> list[str]:
     metrics = st.session_state["metrics"]  # the same dict object across reruns: the thread writes into it
 
     def on_done(task, G, seconds, info):
-        metrics[keys[task.key]] = {"G": G, "fit_time": seconds, "info": info, "source": "trained"}
+        metrics[keys[task.key]] = {"G": G, "fit_time": seconds, "info": info, "source": "trained",
+                                   "settings": settings[task.key]}
         if persist:  # an uploaded data set's metrics stay in the session
             sh.store_run(ds_key, task.method, settings[task.key], G, seconds, info)
 

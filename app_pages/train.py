@@ -28,6 +28,8 @@ with st.expander("ARML settings", expanded=False):
     p["n_candidates"] = int(c[2].number_input("Candidates m", 1, 50, int(p["n_candidates"]), key="t_m"))
     p["loss"] = c[3].selectbox("Loss", ["neg", "hinge", "exp", "logistic"],
                                index=["neg", "hinge", "exp", "logistic"].index(p["loss"]), key="t_loss")
+    st.checkbox("Show earlier runs with other settings beside the current one (e.g. \"ARML (1000 ep, lr 0.001, "
+                "m 10, neg)\")", value=True, key="show_other_runs")
     if st.button("Reset to defaults", key="t_reset"):
         st.session_state["arml_params"] = dict(ARML_DEFAULTS)
         st.rerun()
@@ -65,8 +67,7 @@ if c1.button(label, type="primary", key="t_train", disabled=_training.running())
             st.session_state["metrics"].pop(metric_key(ds, sel, m), None)
     train(ds, sel, retrain)
     have = trained(ds, sel)
-if _training.running():
-    _training.follow()
+_training.follow()  # a run in progress, or what failed / was stopped in the last one
 if not have:
     c2.info("Nothing trained yet for this selection: press the button.")
     st.stop()

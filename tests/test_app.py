@@ -297,3 +297,21 @@ def test_exact_knn_gap_on_curves_examples_and_boundaries(app):
     at.radio(key="b_disc_kind").set_value("exact").run()
     assert not at.exception
     assert "exact radius" in trace_names(at)
+
+
+def test_two_arml_settings_sit_side_by_side(app):
+    at = app.run()  # figure1: Euclidean and ARML (app settings) train by themselves on the first view
+    at.number_input(key="t_epochs").set_value(20).run()
+    at.button(key="t_train").click().run()
+    at.number_input(key="t_epochs").set_value(40).run()
+    at.button(key="t_train").click().run()
+    assert not at.exception and not at.error
+    names = trace_names(at)
+    assert "ARML (exact)" in names
+    assert any((n or "").startswith("ARML (20 ep, lr 0.01") for n in names), names
+    assert any((n or "").startswith("ARML (300 ep, lr 0.01") for n in names), names
+    # a test-size change reuses both (nothing retrained: the button offers a retrain only)
+    at.number_input(key="w_n_test").set_value(3).run()
+    assert at.button(key="t_train").label == "Retrain all"
+    at.checkbox(key="show_other_runs").uncheck().run()
+    assert not any((n or "").startswith("ARML (20 ep") for n in trace_names(at))

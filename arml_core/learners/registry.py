@@ -49,7 +49,24 @@ def display_name(method: str) -> str:
     anything else (a file name) as it is."""
     if method.startswith(UPLOAD_PREFIX):
         return f"Upload: {method[len(UPLOAD_PREFIX):]}"
+    base, sep, label = method.partition(VARIANT)
+    if sep and base in LEARNERS:
+        return f"{LEARNERS[base]} ({label})"
     return LEARNERS.get(method, method)
+
+
+VARIANT = "~"  # another run of a learner with other settings: "arml~1000 ep, lr 0.001"
+
+
+def variant_key(method: str, settings: dict) -> str:
+    """The key of a run of ``method`` with non-current ``settings`` (ARML: epochs, learning
+    rate, candidates, loss), shown beside the current one as "ARML (1000 ep, lr 0.001, ...)"."""
+    if method == "arml":
+        label = (f"{settings.get('n_epochs')} ep, lr {float(settings.get('learning_rate', 0)):g}, "
+                 f"m {settings.get('n_candidates')}, {settings.get('loss')}")
+    else:
+        label = ", ".join(f"{k} {v}" for k, v in sorted(settings.items()) if k not in ("n_train", "seed"))
+    return f"{method}{VARIANT}{label}"
 
 
 def parameter_names(cls: type) -> list[str]:
