@@ -62,7 +62,15 @@ class DatasetResults:
 
     def per_point(self, stage: str) -> dict[str, np.ndarray]:
         """method -> radii of ``stage`` ('nn1_exact', 'nn1_bound', 'knn11_certified',
-        'knn11_empirical'; the empirical ones only on the attacked points)."""
+        'knn11_empirical'; the empirical ones only on the attacked points), such that
+        :func:`arml_core.metric.robust_error_curve` on them gives the numbers of the tables.
+
+        ``radii.csv`` keeps 8 significant digits; the tables were counted ("radius <= r")
+        on the full-precision radii. A radius a few ulps above a grid radius ``r`` (splice,
+        Euclidean 1-NN: ``0.10000000000000017``, a tie up to round-off) is stored as ``r``
+        and would count at ``r``. Where the stored radii equal to ``r`` outnumber what the
+        table counts, the excess (the first in test order) is put back just above ``r``
+        (by ``1e-9 r``, within the rounding of the stored value): :func:`_restore_counts`."""
         if self.radii is None:
             return {}
         out = {}
@@ -70,8 +78,76 @@ class DatasetResults:
             col = f"{m}.{stage}"
             if col in self.radii:
                 v = self.radii[col].to_numpy(dtype=float)
-                out[m] = v[~np.isnan(v)] if stage.endswith("empirical") else v
+                v = v[~np.isnan(v)] if stage.endswith("empirical") else v
+                out[m] = _restore_counts(v, self._counts(m, stage, len(v)))
         return out
+
+    def correct_at_radius_zero(self, stage: str) -> dict[str, int]:
+        """method -> the test points its classifier gets right whose radius of ``stage``
+        ('nn1_exact': 1-NN, 'knn<K>_certified': K-NN) is 0 anyway: how many points the
+        robust error at ``r = 0`` counts beyond the clean error. For the exact 1-NN radius
+        these are ties (a same-class and an other-class nearest point at equal distance); for
+        the certified K-NN bound also points won by a plurality of fewer than ``(K + 1) / 2``
+        votes (Theorem 1 needs a majority)."""
+        K = self.meta.get("K", K_PAPER)
+        k = {"nn1_exact": "1", f"knn{K}_certified": str(K)}.get(stage)
+        if k is None:
+            raise ValueError(f"no clean error belongs to the stage {stage!r}: use 'nn1_exact' or 'knn{K}_certified'")
+        out = {}
+        for m, radii in self.per_point(stage).items():
+            clean = self.meta["methods"].get(m, {}).get("clean_error", {}).get(k)
+            if clean is not None:
+                out[m] = int(np.sum(radii <= 0)) - int(round(clean * len(radii)))
+        return out
+
+    @property
+    def n_classes(self) -> int | None:
+        """The number of classes among the test labels (None without radii.csv)."""
+        return None if self.radii is None or "label" not in self.radii else int(self.radii["label"].nunique())
+
+    def _counts(self, method: str, stage: str, n: int) -> list[tuple[slice, np.ndarray, np.ndarray]]:
+        """(points, grid, number of radii <= each grid radius) that the tables record for
+        ``method``'s radii of ``stage``, over disjoint slices of its ``n`` points."""
+        K = self.meta.get("K", K_PAPER)
+        table, col = {"nn1_exact": (self.nn1, "robust_error_pct"),
+                      f"knn{K}_certified": (self.certified, "robust_error_pct"),
+                      f"knn{K}_empirical": (self.empirical, "robust_error_pct")}.get(stage, (None, None))
+        if table is None:
+            return []
+
+        def counts(df, column, size):
+            rows = df[df["method"] == method]
+            if rows.empty or column not in rows:
+                return None
+            return rows["radius"].to_numpy(float), np.rint(rows[column].to_numpy(float) * size / 100).astype(int)
+
+        total = counts(table, col, n)
+        if total is None:
+            return []
+        sub = None
+        if stage == f"knn{K}_certified" and self.empirical is not None:
+            n_att = int(self.meta.get("n_attack") or 0)
+            sub = counts(self.empirical, "certified_same_points_pct", n_att) if 0 < n_att < n else None
+        if sub is None or not np.array_equal(sub[0], total[0]):
+            return [(slice(None), *total)]
+        return [(slice(0, n_att), *sub), (slice(n_att, None), total[0], total[1] - sub[1])]
+
+
+def _restore_counts(radii: np.ndarray, counts) -> np.ndarray:
+    """``radii`` (read back at 8 significant digits) with, for each ``(points, grid,
+    count)`` of ``counts``, the radii of ``points`` stored as exactly a grid radius ``r``
+    beyond ``count`` moved to ``r (1 + 1e-9)``, so that as many radii are ``<= r`` as the
+    table counted. A mismatch that rounding cannot explain (fewer radii ``<= r`` than
+    counted, or more than the ties at ``r`` account for) is left as it is."""
+    out = np.array(radii, dtype=float)
+    for points, grid, count in counts:
+        part = out[points]  # a view: a slice
+        for r, c in sorted(zip(grid, count)):
+            excess = int(np.sum(part <= r)) - int(c)
+            at = np.flatnonzero(part == r)
+            if 0 < excess <= len(at):
+                part[at[:excess]] = r * (1 + 1e-9) if r > 0 else np.nextafter(0.0, 1.0)
+    return out
 
 
 def results_datasets(results_dir="results") -> list[str]:
