@@ -26,7 +26,10 @@ BOX_TOL = 1e-9  # relative tolerance of "x lies in the box"
 
 def check_train_test(X_train, y_train, X_test, y_test):
     """float64 2-D X arrays with matching widths, 1-D labels of matching lengths, a
-    non-empty training set and finite values; ValueError with a readable message."""
+    non-empty training set and finite values (real: complex values are rejected, never
+    truncated to their real part); ValueError with a readable message."""
+    for name, arr in (("X_train", X_train), ("X_test", X_test)):
+        _check_not_complex(name, arr)
     X_train = np.asarray(X_train, dtype=np.float64)
     X_test = np.asarray(X_test, dtype=np.float64)
     y_train = np.asarray(y_train)
@@ -57,6 +60,12 @@ def check_train_test(X_train, y_train, X_test, y_test):
     return X_train, y_train, X_test, y_test
 
 
+def _check_not_complex(name, value) -> None:
+    """ValueError for complex input (numpy would drop the imaginary part with a warning)."""
+    if np.iscomplexobj(value) or isinstance(value, complex):
+        raise ValueError(f"{name} contains complex values; pass real numbers")
+
+
 def check_data(X_train, y_train, X_test, y_test, M):
     """:func:`check_train_test` and the metric: ``M = None`` is the Euclidean metric,
     anything else must pass :func:`~arml_core.metric.check_metric` for the data's width."""
@@ -83,6 +92,8 @@ def check_box(box, X, *, inside=False):
     except (TypeError, ValueError):
         raise ValueError(f"box must be None or a pair (lo, hi), got {box!r}") from None
     D = X.shape[1]
+    _check_not_complex("box", lo)
+    _check_not_complex("box", hi)
     try:
         lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), (D,)).copy()
         hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), (D,)).copy()

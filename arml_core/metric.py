@@ -83,7 +83,8 @@ def check_components(G, n_features: int | None = None, *, name: str = "the compo
 
 def check_metric(M, n_features: int | None = None, *, name: str = "M") -> np.ndarray:
     """Validate a Mahalanobis matrix: real, square, finite, within the range rule of
-    :func:`check_metric_scale`, symmetric and PSD (to rounding)."""
+    :func:`check_metric_scale`, symmetric and PSD (to rounding: ``1e-8`` relative to its
+    largest entry, so that ``c M`` passes exactly when ``M`` does)."""
     _check_real(M, name)
     M = np.asarray(M, dtype=np.float64)
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
@@ -94,8 +95,10 @@ def check_metric(M, n_features: int | None = None, *, name: str = "M") -> np.nda
         )
     if not np.all(np.isfinite(M)):
         raise ValueError(f"{name} contains NaN or infinite entries")
-    check_metric_scale(float(np.abs(M).max(initial=0.0)), M.shape[0], name=name)
-    scale = max(1.0, float(np.abs(M).max()))
+    scale = float(np.abs(M).max(initial=0.0))
+    check_metric_scale(scale, M.shape[0], name=name)
+    # tolerances relative to the largest entry (no absolute floor): rescaling M by c > 0
+    # neither accepts nor rejects anything new (the zero metric has scale 0 and passes)
     if not np.allclose(M, M.T, atol=1e-8 * scale, rtol=1e-6):
         raise ValueError(f"{name} must be symmetric")
     M = 0.5 * (M + M.T)

@@ -21,7 +21,17 @@ from ..knn import MahalanobisKNN, check_n_neighbors, pairwise_sq_dists
 from ..metric import components_from_metric, triplet_margin
 
 METHODS = ("pruned", "cached", "naive")
-_ZERO_DENOM = 1e-12  # c_pn below this (relative to the largest) means M (p - n) = 0
+_ZERO_DENOM = 1e-12  # c_pn below this times 2 max_i ||M x_i|| (relative, no absolute floor) means M (p - n) = 0
+
+
+def _zero_denominator(W) -> float:
+    """The threshold under which a pair denominator ``c_pn = 2 ||M (p - n)||`` counts as 0:
+    ``_ZERO_DENOM * 2 max_i ||M x_i||`` over the training rows ``W = X M``. Relative to the
+    scale of ``M`` only, so rescaling ``M`` by ``c > 0`` rescales it by ``c`` too and the
+    radii do not change (the bound is invariant, ARML_NOTES section 3)."""
+    if isinstance(W, torch.Tensor):
+        return _ZERO_DENOM * 2.0 * float(W.norm(dim=1).max())
+    return _ZERO_DENOM * 2.0 * float(np.linalg.norm(W, axis=1).max())
 
 
 def certified_radii(
@@ -133,7 +143,7 @@ class _ClassBlock:
             raise ValueError(
                 f"K needs at least k={k} points of each class and of the other classes"
             )
-        self._tiny = _ZERO_DENOM * max(1.0, float(2 * W.norm(dim=1).max()))
+        self._tiny = _zero_denominator(W)
         self.cached_all = n_p * n_n <= budget
         self._inv_den_all = None
 
@@ -281,6 +291,7 @@ def certified_radii_bruteforce(X_train, y_train, X_test, y_test, M, n_neighbors)
     k = (K + 1) // 2
     pred = MahalanobisKNN(M, n_neighbors=K, device="cpu").fit(X_train, y_train).predict(X_test)
     out = np.zeros(len(X_test))
+    tiny = _zero_denominator(X_train @ M)
     for t, (x, y) in enumerate(zip(X_test, y_test)):
         if pred[t] != y:
             continue
@@ -290,8 +301,9 @@ def certified_radii_bruteforce(X_train, y_train, X_test, y_test, M, n_neighbors)
         inner = np.empty(len(Nn))
         for j, n in enumerate(Nn):
             den = 2.0 * np.linalg.norm((P - n) @ M, axis=1)
-            eps_t = triplet_margin(dN[j], dP, denominator=np.maximum(den, 1e-300))
-            eps = np.where(den > 1e-12, np.maximum(eps_t, 0), 0.0)
+            ok = den > tiny
+            eps_t = triplet_margin(dN[j], dP, denominator=np.where(ok, den, 1.0))
+            eps = np.where(ok, np.maximum(eps_t, 0), 0.0)
             inner[j] = np.sort(eps)[-k]
         out[t] = np.sort(inner)[k - 1]
     return out

@@ -484,7 +484,7 @@ def _reference_cvxpy(X_train, y_train, X_test, y_test, M, bounds, strict, progre
             A = 2.0 * (PM - Nn[j] @ M)
             b = dxP - dxN[j]
             nr = np.linalg.norm(A, axis=1)
-            ok = nr > 1e-12 * max(1.0, float(nr.max()))
+            ok = nr > 1e-12 * float(nr.max())  # relative: invariant to rescaling M
             A_par.value = np.where(ok[:, None], A / np.where(ok, nr, 1.0)[:, None], 0.0)
             b_par.value = np.where(ok, b / np.where(ok, nr, 1.0), 1.0)
             status, err = clarabel_solve(prob, cp)
@@ -563,7 +563,8 @@ def verify_perturbations(
             lab = y_train[idx[r]]
             d_same = dist[r][lab == y_test[i]].min()
             d_other = dist[r][lab != y_test[i]].min()
-            ok[i] = d_other <= d_same * (1 + 1e-9) + 1e-12
+            # relative to this point's largest squared distance: invariant to rescaling M
+            ok[i] = d_other <= d_same * (1 + 1e-9) + 1e-12 * float(dist[r].max())
     ok[correct & np.isinf(norms)] = True
 
     sel = np.flatnonzero(correct & np.isfinite(norms) & (norms > 0))
