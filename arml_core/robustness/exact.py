@@ -563,8 +563,7 @@ def verify_perturbations(
             lab = y_train[idx[r]]
             d_same = dist[r][lab == y_test[i]].min()
             d_other = dist[r][lab != y_test[i]].min()
-            # relative to this point's largest squared distance: invariant to rescaling M
-            ok[i] = d_other <= d_same * (1 + 1e-9) + 1e-12 * float(dist[r].max())
+            ok[i] = d_other <= d_same * (1 + 1e-9) + 1e-12 * float(dist[r].max())  # relative: scale-free
     ok[correct & np.isinf(norms)] = True
 
     sel = np.flatnonzero(correct & np.isfinite(norms) & (norms > 0))
