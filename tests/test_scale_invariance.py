@@ -202,6 +202,14 @@ def test_unrepresentable_scale_is_a_clear_error(entry, c):
         _entry_points(c * np.eye(4))[entry]()
 
 
+@pytest.mark.parametrize("K", [1, 3])
+def test_zero_metric_exact_is_a_clear_error(K):
+    """c -> 0: the zero metric (accepted by check_metric) has no exact radius."""
+    X, y, Xt, yt = iris()
+    with pytest.raises(ValueError, match="zero matrix"):
+        minimal_perturbations(X, y, Xt, yt, np.zeros((4, 4)), n_neighbors=K, device="cpu")
+
+
 @pytest.mark.parametrize("g", [1e-160, 1e160])
 def test_unrepresentable_components_are_a_clear_error(g):
     with pytest.raises(ValueError, match="rescale"):

@@ -247,6 +247,8 @@ class _ClassBlock:
         m0 = min(n_n, max(2 * k, 16))
         U = self._kth_min_last(self._exact_inner(a, b, torch.topk(a, m0, dim=1, largest=False).indices))
         bk = torch.topk(b, k, dim=1, largest=False).values[:, -1]
+        # (+1e-300 only keeps thr > 0: the range rule of check_metric puts every non-zero
+        # squared distance far above it, at any scale of M)
         thr = (bk.sqrt() + 2.0 * self.sqrt_lam * U.clamp_min(0.0)).square() * (1 + 1e-9) + 1e-300
         L = max(k, int((a <= thr[:, None]).sum(1).max()))
         aR, R = torch.topk(a, L, dim=1, largest=False, sorted=True)  # (T, L)

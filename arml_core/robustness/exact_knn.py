@@ -175,6 +175,8 @@ def minimal_perturbations_knn(
     check_integer("max_iter", max_iter, 1)
     X_train, y_train, X_test, y_test, M = check_data(X_train, y_train, X_test, y_test, M)
     K = check_n_neighbors(n_neighbors, y_train)
+    if not np.any(M):  # as exact._metric_factors: no cell QP has a row
+        raise ValueError("M is the zero matrix: every point is at distance 0 from every other")
     if K == 1:
         raise ValueError("max_qp, max_seconds, margin and n_seeds apply to n_neighbors > 1 only; K = 1 is the "
                          "screened 1-NN solver of exact.minimal_perturbations")
