@@ -412,3 +412,33 @@ def test_spectral_divergence_keeps_last_finite_metric():
 @parametrize_with_checks([SpectralDefence(n_epochs=5, n_pairs=50)])  # noqa: generator is sklearn's
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+# -- verdicts: misjudged before the attack, broken by it, or holding -------------------------
+def test_pair_verdicts_separate_misjudged_from_broken():
+    from arml_core.pairwise_verdict import BROKEN, HOLDS, MISJUDGED, misjudged_pairs, pair_verdicts
+
+    rng = np.random.default_rng(3)
+    W, X_i, X_j = _random_case(rng, n=60, d=4)
+    y = np.where(rng.random(60) < 0.5, 1, -1)
+    D = ((X_i - X_j) @ W.T) ** 2
+    gamma = float(np.median(D.sum(1)))
+    wrong = (D.sum(1) <= gamma) != (y > 0)  # the decision disagrees with the label, no perturbation
+    assert wrong.any() and not wrong.all()
+    np.testing.assert_array_equal(misjudged_pairs(W, X_i, X_j, gamma, y), wrong)
+    res = pair_attack(W, X_i, X_j, gamma, 0.2, y_pair=y, device="cpu")
+    v = pair_verdicts(res)
+    np.testing.assert_array_equal(v == MISJUDGED, wrong)
+    # broken: right before, wrong after; holds: right after (a misjudged pair is never 'broken')
+    after_wrong = (res.dist_after <= gamma) != (y > 0)
+    np.testing.assert_array_equal(v == BROKEN, ~wrong & after_wrong)
+    np.testing.assert_array_equal(v == HOLDS, ~after_wrong)
+    assert (v == BROKEN).any()
+    # at eps = 0 the attack "succeeds" exactly on the misjudged pairs, and flips none
+    zero = pair_attack(W, X_i, X_j, gamma, 0.0, y_pair=y, device="cpu")
+    np.testing.assert_array_equal(zero.success, wrong)
+    assert not zero.flipped.any() and set(pair_verdicts(zero)) <= {MISJUDGED, HOLDS}
+    with pytest.raises(ValueError, match="y_pair must hold"):
+        misjudged_pairs(W, X_i, X_j, gamma, np.zeros(60))
+    with pytest.raises(ValueError, match="labels for 60 pairs"):
+        misjudged_pairs(W, X_i, X_j, gamma, y[:5])
