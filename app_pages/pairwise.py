@@ -58,14 +58,14 @@ def curves_for(_ds, ds_key: str, W_bytes: bytes, W_shape, gamma_spec, eps: tuple
     return pair_robustness_curves(W, _ds.X_train, _ds.y_train, X[ii], X[jj], y_pair, gamma_spec, eps, steps=steps)
 
 
-rates, not_cert, gammas, rows = {}, {}, {}, []
+rates, not_cert, gammas, rows = {}, {}, {}, {}
 bar = st.progress(0.0, text="attacking")
 for n, (m, rec) in enumerate(recs.items()):
     W = np.ascontiguousarray(rec["G"], dtype=np.float64)
     gammas[m], rates[m], not_cert[m] = curves_for(ds, dataset_key(ds, sel), W.tobytes(), W.shape, gamma_spec,
                                                   tuple(map(float, eps_grid)), steps, n_pairs, int(sel["seed"]))
-    rows.append({"method": display_name(m), "γ": gammas[m],
-                 **{f"broken at ε = {e:g} (%)": 100 * r for e, r in zip(eps_grid, rates[m])}})
+    rows[f"{display_name(m)}: broken (%)"] = 100 * np.asarray(rates[m])
+    rows[f"{display_name(m)}: not certified (%)"] = 100 * np.asarray(not_cert[m])
     bar.progress((n + 1) / len(recs), text=f"{display_name(m)} done")
 bar.empty()
 st.plotly_chart(pair_success_figure(eps_grid, rates, certified_by_method=not_cert,
@@ -75,8 +75,10 @@ st.caption("A pair counts as broken at ε when, after the attack, its decision d
            "Pairs the metric already misjudges with no perturbation (a similar pair farther than γ, a dissimilar "
            "one closer) count at every ε, as a misclassified point counts in the K-NN robust error: "
            + "; ".join(f"{display_name(m)} {100 * w:.1f} %" for m, w in wrong.items())
-           + ". Dotted: pairs not certified, an upper bound on what any attack can break.")
-st.dataframe(pd.DataFrame(rows).set_index("method").round(2), key="p_table")
+           + ". Dotted: pairs not certified, an upper bound on what any attack can break. Threshold γ ("
+           + ("fixed" if gamma_mode == "fixed value" else f"the {gamma_spec[1:]} quantile of training-pair distances")
+           + "): " + ", ".join(f"{display_name(m)} {g:.4g}" for m, g in gammas.items()) + ".")
+st.dataframe(pd.DataFrame(rows, index=pd.Index([f"{e:g}" for e in eps_grid], name="ε")).round(2), key="p_table")
 
 st.subheader("One pair in detail")
 c1, c2, c3 = st.columns(3)
@@ -93,7 +95,7 @@ st.write(f"Pair {k}: test points {ii[k]} and {jj[k]} ({kind}: labels {ds.classes
          f"{ds.classes[ds.y_test[jj[k]]]}). The attack {'pushes them apart' if res.direction[0] > 0 else 'pulls them together'}"
          f" with ε = {eps:g}, ‖δᵢ‖∞ = {np.abs(res.delta_i[0]).max():.3g} and ‖δⱼ‖∞ = {np.abs(res.delta_j[0]).max():.3g}.")
 c = st.columns(3)
-c[0].metric("Squared distance D after the attack", f"{d1:.4g}", f"{d1 - d0:+.4g}")
+c[0].metric("Squared distance D after the attack", f"{d1:.4g}", f"{d1 - d0:+.4g}", delta_color="off")
 c[1].metric("Published bound", f"{b.published[0]:.4g}")
 c[2].metric("Rigorous bound", f"{b.rigorous[0]:.4g}")
 st.plotly_chart(pair_distance_figure(d0, d1, g, published=float(b.published[0]), rigorous=float(b.rigorous[0]),

@@ -18,6 +18,15 @@ SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "hexagon",
 BUDGET = "budget ε = ‖δ<sub>i</sub>‖<sub>∞</sub> + ‖δ<sub>j</sub>‖<sub>∞</sub>"
 
 
+def legible(fig: go.Figure) -> go.Figure:
+    """Explicit font sizes on the title, axes and legend (Streamlit's chart theme otherwise
+    sets small tick labels), legible on a 1280x720 screen."""
+    fig.update_layout(font=FONT, title_font_size=18, legend_font_size=14)
+    fig.update_xaxes(title_font_size=16, tickfont_size=14)
+    fig.update_yaxes(title_font_size=16, tickfont_size=14)
+    return fig
+
+
 def layered_widths(n: int, *, thinnest: float = 2.0, step: float = 1.5) -> list[float]:
     """Line widths for ``n`` traces drawn in order, the first the widest: where two lines
     coincide the later, thinner one lies inside the earlier and both stay visible."""
@@ -48,13 +57,13 @@ def pair_success_figure(eps_grid, rates_by_method: Mapping[str, np.ndarray], *,
     fig.update_layout(title=title, xaxis_title=BUDGET, yaxis_title="pairs (%)",
                       yaxis=dict(range=[0, 102]), template="plotly_white", font=FONT, height=460,
                       legend=dict(orientation="h", y=-0.22, x=0), margin=dict(l=60, r=20, t=50, b=40))
-    return fig
+    return legible(fig)
 
 
 def pair_distance_figure(dist_before: float, dist_after: float, gamma: float, *, published: float,
                          rigorous: float, eps: float | None = None) -> go.Figure:
     """One pair: squared distance before and after the attack, both bounds on it and the
-    threshold γ (a dashed line, labelled left of the bars). Bars start at 0."""
+    threshold γ (a dashed line, named in the legend). Bars start at 0."""
     budget = "" if eps is None else f" (ε = {eps:g})"
     names = ["before", f"after the attack{budget}", "published bound", "rigorous bound"]
     vals = [dist_before, dist_after, published, rigorous]
@@ -62,13 +71,14 @@ def pair_distance_figure(dist_before: float, dist_after: float, gamma: float, *,
     fig = go.Figure(go.Bar(x=names, y=vals, marker_color=["#1f77b4", "#d62728", "#ff7f0e", "#2ca02c"],
                            text=[f"{v:.4g}" for v in vals], textposition="outside", cliponaxis=False,
                            hovertemplate="%{x}: D = %{y:.4g}<extra></extra>"))
-    fig.add_hline(y=gamma, line_dash="dash", line_color="black", line_width=2)
-    fig.add_annotation(x=0, xref="paper", xanchor="left", y=gamma, yanchor="bottom", showarrow=False,
-                       text=f"threshold γ = {gamma:.4g}: similar below", bgcolor="rgba(255,255,255,0.85)",
-                       font=dict(size=14))
+    fig.add_hline(y=gamma, line=dict(color="black", dash="dash", width=2))
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"threshold γ = {gamma:.4g} (similar at or below)",
+                             line=dict(color="black", dash="dash", width=2)))  # the line's legend entry
+    fig.update_traces(selector=dict(type="bar"), showlegend=False)
     fig.update_layout(yaxis=dict(title="squared distance D", range=[0, 1.18 * top], rangemode="tozero"),
-                      template="plotly_white", height=360, font=FONT, margin=dict(l=60, r=20, t=30, b=40))
-    return fig
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
+                      template="plotly_white", height=380, font=FONT, margin=dict(l=60, r=20, t=40, b=40))
+    return legible(fig)
 
 
 def pair_images_figure(x_i, x_j, x_i_adv, x_j_adv, image_shape: Sequence[int]) -> go.Figure:
@@ -102,4 +112,4 @@ def pair_images_figure(x_i, x_j, x_i_adv, x_j_adv, image_shape: Sequence[int]) -
                                                   scaleanchor=f"x{axis}")})
     fig.update_annotations(font_size=15)
     fig.update_layout(template="plotly_white", height=560, font=FONT, margin=dict(l=10, r=10, t=40, b=10))
-    return fig
+    return legible(fig)

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from .metric import robust_error_curve
 from .plots import display_name, method_colour
-from .plots_pairwise import FONT, SYMBOLS, layered_widths
+from .plots_pairwise import FONT, SYMBOLS, layered_widths, legible
 
 
 def display_grid(grid: Sequence[float], n: int = 201) -> np.ndarray:
@@ -30,7 +30,8 @@ def reproduction_figure(radii_by_method: Mapping[str, np.ndarray], grid: Sequenc
                         title: str = "") -> go.Figure:
     """Robust error (%) against the l2 radius: per method a solid step line (``kind``: its
     radii, 'exact' or 'certified'), dashed for ``empirical_by_method`` (an attack's norms),
-    markers on the radii of ``grid``; y from 0 to 100."""
+    markers on the radii of ``grid``; y from 0 to 100. The solid lines are layered (first
+    widest); the dashed ones are thin, so that they do not cover the solid ones."""
     grid = np.asarray(grid, dtype=float)
     fine = display_grid(grid)
     fig = go.Figure()
@@ -38,13 +39,13 @@ def reproduction_figure(radii_by_method: Mapping[str, np.ndarray], grid: Sequenc
     for n, (method, radii) in enumerate(radii_by_method.items()):
         color, name = method_colour(method), display_name(method)
         symbol = SYMBOLS[n % len(SYMBOLS)]
-        series = [(kind, radii, "solid")]
-        if empirical_by_method and method in empirical_by_method:
-            series.append(("empirical", empirical_by_method[method], "dash"))
-        for label, r, dash in series:
+        series = [(kind, radii, "solid", widths[n])]
+        if empirical_by_method and method in empirical_by_method:  # thin: it lies above its certified line
+            series.append(("empirical", empirical_by_method[method], "dash", 2.0))
+        for label, r, dash, width in series:
             fig.add_trace(go.Scatter(
                 x=fine, y=100 * robust_error_curve(r, fine), mode="lines", name=f"{name} ({label})",
-                line=dict(color=color, width=widths[n], dash=dash, shape="hv"), legendgroup=f"{method}.{label}",
+                line=dict(color=color, width=width, dash=dash, shape="hv"), legendgroup=f"{method}.{label}",
                 hovertemplate="r = %{x:.3g}: %{y:.1f} %<extra>" + f"{name} ({label})" + "</extra>"))
             fig.add_trace(go.Scatter(
                 x=grid, y=100 * robust_error_curve(r, grid), mode="markers", name=f"{name} ({label}) at the grid",
@@ -56,4 +57,4 @@ def reproduction_figure(radii_by_method: Mapping[str, np.ndarray], grid: Sequenc
                       yaxis=dict(range=[0, 101]), xaxis=dict(tickvals=list(grid)), template="plotly_white",
                       font=FONT, height=500, legend=dict(orientation="h", y=-0.18, x=0),
                       margin=dict(l=60, r=20, t=50, b=40))
-    return fig
+    return legible(fig)

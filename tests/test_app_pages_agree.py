@@ -137,7 +137,8 @@ def test_pairwise_page_calls_a_misjudged_pair_misjudged(app):
     ii, jj, y = sample_pairs(X, ds.y_test, 20, 20, random_state=42)
     eye = np.eye(X.shape[1])
     gamma = resolve_gamma("q0.5", eye, ds.X_train, ds.y_train)
-    assert at.dataframe[0].value.loc["Euclidean", "γ"] == pytest.approx(gamma, abs=0.006)  # shown to 2 decimals
+    shown = re.search(r"Threshold γ \(the 0.5 quantile[^)]*\): Euclidean ([0-9]+\.[0-9]+)", " ".join(c.value for c in at.caption))
+    assert float(shown.group(1)) == pytest.approx(gamma, rel=1e-3)  # shown to 4 digits
     wrong = (pair_distances(eye, X[ii], X[jj]) <= gamma) != (y > 0)
     assert wrong.any() and not wrong.all()
     for k in (int(np.argmax(wrong)), int(np.argmin(wrong))):
