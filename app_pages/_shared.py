@@ -85,6 +85,7 @@ def init_state() -> dict:
     ss = st.session_state
     if "sel" not in ss:
         ss["sel"], ss["url_notices"] = _from_query(st.query_params)
+        ss["from_link"] = "methods" in st.query_params  # a copied link: recompute what it shows
         ss["arml_params"] = dict(ARML_DEFAULTS)
         ss["metrics"] = {}
         ss["upload"] = None
@@ -182,7 +183,11 @@ def sidebar() -> dict:
              "seed": sel["seed"], "methods": ",".join(sel["methods"]), "K": sel["K"]}
     if sel.get("prune"):
         query["prune"] = ",".join(f"{m}:{r:g}" for m, r in sel["prune"].items())
-    st.query_params.from_dict(query)
+    elif "prune" in st.query_params:
+        del st.query_params["prune"]
+    for k, v in query.items():  # set one by one: the pages' widgets bound to the URL keep theirs
+        if st.query_params.get(k) != str(v):
+            st.query_params[k] = str(v)
     return sel
 
 

@@ -114,13 +114,15 @@ def start(ds, sel, methods) -> list[str]:
 
 
 def maybe_auto_train(ds, sel, missing) -> bool:
-    """On the first view of a selection whose missing fits are quick, start them."""
+    """On the first view of a selection whose missing fits are quick (or that a copied link
+    asks for, up to the cost cap), start them."""
     if not missing or running():
         return False
     sh = _shared()
     tag = (sh.train_key(ds, sel), tuple(missing), repr(sorted(st.session_state["arml_params"].items())))
     done = st.session_state.setdefault("auto_started", set())
-    if tag in done or sum(estimates(ds, sel, missing).values()) > AUTO_TRAIN_S:
+    budget = MAX_FIT_S if st.session_state.get("from_link") else AUTO_TRAIN_S  # a copied link: its picture
+    if tag in done or sum(estimates(ds, sel, missing).values()) > budget:
         return False
     done.add(tag)
     return bool(start(ds, sel, missing))

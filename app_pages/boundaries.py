@@ -18,11 +18,11 @@ recs = page.recs
 names = page.class_names
 
 c1, c2 = st.columns(2)
-resolution = int(c1.slider("Grid resolution", 50, 400, 160, step=10, key="b_res"))
+resolution = int(c1.slider("Grid resolution", 50, 400, 160, step=10, key="b_res", bind="query-params"))
 plan = exact_knn_plan(len(ds.y_train), len(ds.y_test), K)
 disc_kinds = ["none", "exact"] if K == 1 else ["none", "certified"] + (["exact", "both"] if plan.offered else [])
 disc_kind = c2.radio("Discs around correctly classified test points", disc_kinds, index=1, horizontal=True,
-                     key="b_disc_kind",
+                     key="b_disc_kind", bind="query-params",
                      help="input-space l2 balls: certified = Theorem 1's lower bound; exact = the minimal "
                           "perturbation (for K > 1 proven per point by the exact K-NN search); both = the "
                           "certified disc (dotted) inside the exact one (solid): the gap between them is what "
@@ -60,10 +60,10 @@ else:
     st.write(f"The data have {ds.n_features} features: the picture is a 2-D slice through one test point, "
              "spanned by its adversarial direction under the chosen metric and a second direction.")
     c1, c2, c3 = st.columns(3)
-    idx = int(c1.number_input("Test point index", 0, len(ds.X_test) - 1, 0, key="b_idx"))
-    method = c2.selectbox("Metric of the adversarial direction", list(recs), format_func=display_name, key="b_m")
+    idx = int(c1.number_input("Test point index", 0, len(ds.X_test) - 1, 0, key="b_idx", bind="query-params"))
+    method = c2.selectbox("Metric of the adversarial direction", list(recs), format_func=display_name, key="b_m", bind="query-params")
     second = c3.selectbox("Second direction", ["random", "pca"] + [f"feature:{i}" for i in range(ds.n_features)],
-                          key="b_second")
+                          key="b_second", bind="query-params")
     M = metric_from_components(recs[method]["G"])
     with st.spinner("exact minimal perturbation of this point (1-NN)…"):
         base = training_view(ds, recs[method])
@@ -79,7 +79,7 @@ else:
         st.error(str(exc))
         st.stop()
     extent = float(st.slider("Half-width of the slice (l2 units)", 0.05, 3.0,
-                             float(min(3.0, max(0.05, round(2.5 * norms[0], 2)))), key="b_extent"))
+                             float(min(3.0, max(0.05, round(2.5 * norms[0], 2)))), key="b_extent", bind="query-params"))
     cols = st.columns(min(3, len(recs)))
     for i, (m, rec_m) in enumerate(recs.items()):
         knn = knn_for(ds, rec_m, K)

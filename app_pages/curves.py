@@ -17,7 +17,7 @@ sel, ds, K = page.sel, page.ds, page.K
 recs = page.recs
 
 default_grid = st.session_state.get("c_grid_text", "0,0.1,0.2,0.3,0.4,0.5")
-text = st.text_input("Radius grid (comma-separated l2 radii)", default_grid, key="c_grid")
+text = st.text_input("Radius grid (comma-separated l2 radii)", default_grid, key="c_grid", bind="query-params")
 try:
     grid = parse_grid(text)
     st.session_state["c_grid_text"] = text
@@ -27,12 +27,12 @@ except ValueError as exc:
 
 c1, c2 = st.columns(2)
 attack_method = c1.selectbox("Empirical attack (dashed)", ["none", "region", "boundary", "hopskipjump"],
-                             index=1 if K > 1 else 0, key="c_attack",
+                             index=1 if K > 1 else 0, key="c_attack", bind="query-params",
                              help="region: white-box QP attack; boundary / hopskipjump: black-box (foolbox), slow")
 plan = exact_knn_plan(len(ds.y_train), len(ds.y_test), K)
 want_exact = False
 if plan.offered:
-    want_exact = c2.checkbox("Exact K-NN radii (certified ≤ exact ≤ attack)", value=plan.default_on, key="c_exact",
+    want_exact = c2.checkbox("Exact K-NN radii (certified ≤ exact ≤ attack)", value=plan.default_on, key="c_exact", bind="query-params",
                              help=f"The exact minimal perturbation of {K}-NN, proven per point by a best-first "
                                   f"search over order-{K} Voronoi cells ({plan.reason}); a point that hits the "
                                   "limit keeps its proven interval.")

@@ -16,7 +16,7 @@ sel, ds, K = page.sel, page.ds, page.K
 recs = page.recs
 names = page.class_names
 
-method = st.selectbox("Metric", list(recs), format_func=display_name, key="e_method")
+method = st.selectbox("Metric", list(recs), format_func=display_name, key="e_method", bind="query-params")
 rec = recs[method]
 M = metric_from_components(rec["G"])
 r, kind = radii(ds, sel, method, rec, K)
@@ -28,9 +28,9 @@ overview = pd.DataFrame({"test index": order, "true": [names[ds.y_test[i]] for i
                          "predicted": [names[pred[i]] for i in order], f"{kind} radius": r[order]})
 c1, c2 = st.columns([3, 2])
 c1.dataframe(overview, height=240, key="e_overview", hide_index=True)
-how = c2.radio("Choose the point", ["by index", "smallest positive radius", "largest radius"], key="e_how")
+how = c2.radio("Choose the point", ["by index", "smallest positive radius", "largest radius"], key="e_how", bind="query-params")
 if how == "by index":
-    idx = int(c2.number_input("Test point index", 0, len(ds.X_test) - 1, 0, key="e_idx"))
+    idx = int(c2.number_input("Test point index", 0, len(ds.X_test) - 1, 0, key="e_idx", bind="query-params"))
 elif how == "smallest positive radius":
     pos = order[r[order] > 0]
     idx = int(pos[0]) if len(pos) else int(order[0])
@@ -48,7 +48,7 @@ if pred[idx] != y:
     st.warning(f"Test point {idx} is already misclassified under {display_name(method)}: its radius is 0.")
     st.stop()
 
-box = st.checkbox("Keep the adversarial point inside [0, 1]^D", value=False, key="e_box")
+box = st.checkbox("Keep the adversarial point inside [0, 1]^D", value=False, key="e_box", bind="query-params")
 bounds = (0.0, 1.0) if box else None
 view = training_view(ds, rec)
 with st.spinner("solving the exact minimal perturbation…" if K == 1 else "region attack (white-box) on this point…"):
@@ -77,7 +77,7 @@ if K > 1:
     c[4].metric("Attack (region)", f"{norm:.4f}", help="an upper bound on the exact radius")
     if ex is not None and ex.proven[0] and np.isfinite(ex.upper[0]):
         shown = st.radio("Perturbation shown below", ["exact (minimal)", "region attack"], horizontal=True,
-                         key="e_which")
+                         key="e_which", bind="query-params")
         if shown.startswith("exact"):
             norm, x_adv, how = float(ex.upper[0]), x + ex.deltas[0], "exact"
 else:

@@ -22,17 +22,21 @@ st.caption(ds.description)
 with st.expander("ARML settings", expanded=False):
     p = st.session_state["arml_params"]
     c = st.columns(4)
-    p["n_epochs"] = int(c[0].number_input("Epochs", 1, 5000, int(p["n_epochs"]), step=50, key="t_epochs"))
+    p["n_epochs"] = int(c[0].number_input("Epochs", 1, 5000, int(p["n_epochs"]), step=50, key="t_epochs", bind="query-params"))
     p["learning_rate"] = float(c[1].number_input("Learning rate", 1e-5, 1.0, float(p["learning_rate"]),
-                                                 format="%.4f", key="t_lr"))
-    p["n_candidates"] = int(c[2].number_input("Candidates m", 1, 50, int(p["n_candidates"]), key="t_m"))
+                                                 format="%.4f", key="t_lr", bind="query-params"))
+    p["n_candidates"] = int(c[2].number_input("Candidates m", 1, 50, int(p["n_candidates"]), key="t_m", bind="query-params"))
     p["loss"] = c[3].selectbox("Loss", ["neg", "hinge", "exp", "logistic"],
-                               index=["neg", "hinge", "exp", "logistic"].index(p["loss"]), key="t_loss")
+                               index=["neg", "hinge", "exp", "logistic"].index(p["loss"]), key="t_loss", bind="query-params")
     st.checkbox("Show earlier runs with other settings beside the current one (e.g. \"ARML (1000 ep, lr 0.001, "
-                "m 10, neg)\")", value=True, key="show_other_runs")
-    if st.button("Reset to defaults", key="t_reset"):
+                "m 10, neg)\")", value=True, key="show_other_runs", bind="query-params")
+    def _reset():
         st.session_state["arml_params"] = dict(ARML_DEFAULTS)
-        st.rerun()
+        for wkey, field in (("t_epochs", "n_epochs"), ("t_lr", "learning_rate"), ("t_m", "n_candidates"),
+                            ("t_loss", "loss")):
+            st.session_state[wkey] = ARML_DEFAULTS[field]
+
+    st.button("Reset to defaults", key="t_reset", on_click=_reset)
 
 with st.expander("Adversarial pruning (a data-side defence)", expanded=bool(sel.get("prune"))):
     st.write("Yang et al. (AISTATS 2020): remove the fewest training points so that no two points of different "
@@ -44,7 +48,7 @@ with st.expander("Adversarial pruning (a data-side defence)", expanded=bool(sel.
     for col, m in zip(cols, sel["methods"]):
         r = float(col.number_input(f"r for {display_name(m)} (0 = off)", 0.0, 10.0,
                                    float(sel.get("prune", {}).get(m, 0.0)), step=0.05, format="%.3f",
-                                   key=f"t_prune_{m}"))
+                                   key=f"t_prune_{m}", bind="query-params"))
         if r > 0:
             prune[m] = r
     sel["prune"] = prune

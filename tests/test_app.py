@@ -315,3 +315,18 @@ def test_two_arml_settings_sit_side_by_side(app):
     assert at.button(key="t_train").label == "Retrain all"
     at.checkbox(key="show_other_runs").uncheck().run()
     assert not any((n or "").startswith("ARML (20 ep") for n in trace_names(at))
+
+
+def test_page_widgets_are_in_the_url_and_a_link_restores_them(app):
+    # a fresh session opened on a link with page widgets lands on the same view (the browser test
+    # checks that changing a widget writes the URL: AppTest does not mirror bound widgets there)
+    fresh = AppTest.from_file(APP, default_timeout=180)
+    for k, v in {"dataset": "figure1", "methods": "euclidean,lfda", "K": "1", "c_grid": "0,0.05,0.1",
+                 "c_attack": "region"}.items():
+        fresh.query_params[k] = v
+    fresh.run()
+    fresh.switch_page("app_pages/curves.py").run()
+    assert not fresh.exception
+    assert fresh.text_input(key="c_grid").value == "0,0.05,0.1"
+    assert fresh.selectbox(key="c_attack").value == "region"
+    assert {"Euclidean (exact)", "LFDA (exact)"} <= trace_names(fresh)  # trained by itself for the link
