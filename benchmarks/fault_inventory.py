@@ -1,14 +1,14 @@
-"""Fault inventory: bad inputs and faults across the library and the CLI, each run in isolation.
+"""Fault inventory: bad inputs and faults across the library, the CLI and the app, each run in isolation.
 
     python benchmarks/fault_inventory.py                 # all cases, counts + every non-clear case
-    python benchmarks/fault_inventory.py --surface cli   # one surface (prefix match)
+    python benchmarks/fault_inventory.py --surface cli   # one surface (prefix match: library, cli, app)
     python benchmarks/fault_inventory.py --json out.json --subprocess   # real `python -m arml_core`
 
 Every case runs in a forked child (fresh state, an address-space limit of ``--memory-mb`` above
 the parent's and a time limit) and is classified as
 
-* ``clear error``: a ValueError/OSError with a readable message, or the CLI exiting 2 with
-  ``error:`` on stderr and no traceback;
+* ``clear error``: a ValueError/OSError with a readable message, the CLI exiting 2 with
+  ``error:`` on stderr and no traceback, or the app showing the expected ``st.error``;
 * ``handled``: a correct result (the case's check passes; a warning where one is due);
 * ``traceback``: any other exception, or a Python traceback on stderr;
 * ``silent failure``: a wrong or partial result (or a temporary file left behind) without a message;
@@ -17,7 +17,8 @@ the parent's and a time limit) and is classified as
 * ``unclear exit``: the CLI failed without the ``error:`` line;
 * ``n/a``: the checkout has no such API (an older layout, ``--root``).
 
-A case is a :class:`Case` in ``CASES``; a new surface (e.g. the app) appends its own list. Run it
+A case is a :class:`Case` in ``CASES``; each surface appends its own list (the app's, driven through
+Streamlit's AppTest in the child, is ``_fault_cases_app.py``: an exception the app draws is a traceback). Run it
 against another checkout with ``--root DIR`` (import paths of older layouts are tried in turn).
 """
 from __future__ import annotations
@@ -437,7 +438,16 @@ def main(argv=None) -> int:
     from _fault_cases import cli_cases, library_cases
 
     CASES.extend(library_cases() + cli_cases())
+    if "app".startswith(a.surface) or a.surface.startswith("app"):  # the app surface (AppTest in the child)
+        try:
+            from _fault_cases_app import app_cases, warm
+        except ImportError as exc:  # an older checkout without the app's modules
+            print(f"app cases skipped: {exc}", file=sys.stderr)
+        else:
+            CASES.extend(app_cases())
     cases = [c for c in CASES if c.surface.startswith(a.surface) and a.grep in c.name]
+    if any(c.surface == "app" for c in cases) and not a.list:
+        warm()  # import streamlit and the app once in the parent: every fork starts warm
     if a.list:
         for c in cases:
             print(f"{c.surface:22s} {c.name}")
