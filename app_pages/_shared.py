@@ -28,7 +28,11 @@ from arml_core.plots import display_name, pruned_key
 from arml_core.persistence import cached_metric, run_key, store_metric
 from arml_core.pruning import adversarial_pruning
 
-RUNS_DIR = os.environ.get("ARML_RUNS_DIR", "runs")
+RUNS_DIR = None  # None: $ARML_RUNS_DIR (default runs/), read when used, so a test can point it elsewhere
+
+
+def runs_dir() -> str:
+    return RUNS_DIR if RUNS_DIR is not None else os.environ.get("ARML_RUNS_DIR", "runs")
 MAX_UPLOAD_MB = 50
 DEFAULTS = {"dataset": "figure1", "n_train": 0, "n_test": 200, "seed": 42,
             "methods": ["euclidean", "arml"], "K": 1}
@@ -276,7 +280,7 @@ def get_metric(ds: data.Dataset, sel: dict, method: str):
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            hit = cached_metric(RUNS_DIR, train_key(ds, sel), method, method_settings(method, sel), ds.n_features)
+            hit = cached_metric(runs_dir(), train_key(ds, sel), method, method_settings(method, sel), ds.n_features)
         for w in caught:
             st.warning(str(w.message))
         if hit is not None:
@@ -297,7 +301,7 @@ def store_run(ds_key: str, method: str, settings: dict, G, fit_time, info) -> No
     """Save a trained metric to runs/ under ``ds_key`` (``dataset_key``) and ``settings``
     (``method_settings``). Called from the training thread: no Streamlit calls."""
     try:
-        store_metric(RUNS_DIR, ds_key, method, settings, G, fit_time, {k: v for k, v in info.items()})
+        store_metric(runs_dir(), ds_key, method, settings, G, fit_time, {k: v for k, v in info.items()})
     except OSError:
         pass  # the metric stays in the session; the disk cache is a convenience
 

@@ -37,7 +37,7 @@ def checkpoint_path(ds, sel, method: str) -> Path:
     sh = _shared()
     key = sh.metric_key(ds, sel, method)
     digest = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
-    return Path(sh.RUNS_DIR) / "checkpoints" / f"{method}-{digest}.pt"
+    return Path(sh.runs_dir()) / "checkpoints" / f"{method}-{digest}.pt"
 
 
 def estimates(ds, sel, methods) -> dict[str, float]:
