@@ -103,6 +103,8 @@ pick = c1.selectbox("Metric to download", [m for m in have if "kept" not in have
                     key="t_dl_pick")
 c1.download_button("Download .npz", metric_to_bytes(have[pick]["G"], {"dataset": ds.name, "method": pick}),
                    file_name=f"{ds.name}_{pick.replace(UPLOAD_PREFIX, 'upload_')}.npz", mime="application/octet-stream", key="t_dl")
+if msg := st.session_state.pop("t_loaded_msg", None):
+    c2.success(msg)
 up = c2.file_uploader("Upload a metric (.npz)", type=["npz"], key="t_upload",
                       help="It stays in this session, is labelled as an upload on every page and is never "
                            "saved on the server.")
@@ -112,7 +114,8 @@ if up is not None and c2.button("Load metric", key="t_load"):
         buf.name = up.name
         G, meta = load_metric(buf, n_features=ds.n_features)
         key = put_upload(ds, up.name, G)
-        st.success(f"Loaded {up.name} ({G.shape[0]}x{G.shape[1]}) as {display_name(key)}, for this session only.")
+        st.session_state["t_loaded_msg"] = (f"Loaded {up.name} ({G.shape[0]}x{G.shape[1]}) as "
+                                             f"{display_name(key)}, for this session only.")
         st.rerun()
     except ValueError as exc:
         st.error(str(exc))

@@ -141,9 +141,6 @@ def test_uploaded_metric_stays_in_its_session(runs):
     assert all(not str(o).startswith("upload:") for o in other.selectbox(key="t_dl_pick").options)
 
 
-@pytest.mark.xfail(strict=True, reason="app_pages/train.py: st.success('Loaded ... for this session only') is "
-                   "followed at once by st.rerun(), which clears it: the user never sees that the upload is "
-                   "session-only")
 def test_loading_a_metric_says_it_is_for_this_session_only(runs):
     at = upload_metric(select(session()), "mine.npz", IRIS_G)
     assert "Upload: mine.npz (exact)" in trace_names(at)
